@@ -1,0 +1,138 @@
+"""Recurrent nets of the DMN: the 2017 SRU in plain PyTorch, and an nn.LSTM with the same interface.
+
+The SRU of the original DMN code (Lei et al., 2017; ``sru`` 2.6.0 with ``v1=True,
+use_tanh=True``), per layer with input ``x_t`` and hidden size ``d``::
+
+    x~_t, f~_t, r~_t [, x'_t] = W x_t                       (one matmul for all t)
+    f_t = sigmoid(f~_t + b_f)       r_t = sigmoid(r~_t + b_r)     (gates see the input only)
+    c_t = f_t * c_{t-1} + (1 - f_t) * x~_t
+    h_t = r_t * tanh(c_t) + (1 - r_t) * x'_t
+
+``x'_t = x_t`` when the input size equals ``d``; otherwise ``W`` has a fourth block that projects
+the input for the highway term. Only the ``c`` update is sequential; it is a single ``lerp`` per
+step, everything else runs on all steps at once.
+
+Both nets take ``mask_pad`` of shape ``(T, B)`` bool, True = padding: the cell state is carried
+unchanged over padded steps and hidden states there are 0, so outputs at valid steps and the
+final state do not depend on the padding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+class SRULayer(nn.Module):
+    """One 2017-SRU layer.
+
+    Parameters:
+        weight: ``(input_size, k, hidden_size)``, ``k`` = 3 (x~, f~, r~) or 4 (+ highway
+            projection when ``input_size != hidden_size``). Blocks are contiguous per gate, unlike
+            ``sru``'s interleaved ``(input_size, hidden_size * k)`` layout.
+        bias: ``(2, hidden_size)``: forget-gate bias, reset-gate bias.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.k = 3 if input_size == hidden_size else 4
+        self.weight = nn.Parameter(torch.empty(input_size, self.k, hidden_size))
+        self.bias = nn.Parameter(torch.zeros(2, hidden_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # The SRU recipe: E[w] = 0, Var[w] = 1/input_size; zero gate biases.
+        bound = math.sqrt(3.0 / self.input_size)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor, mask_pad: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Run the layer.
+
+        Args:
+            x: ``(T, B, input_size)`` float.
+            mask_pad: ``(T, B)`` bool, True = padding; None = no padding.
+
+        Returns:
+            h: ``(T, B, hidden_size)``, 0 at padded steps.
+            c: ``(B, hidden_size)`` cell state after each sequence's last valid step.
+        """
+        steps, batch, _ = x.shape
+        u = (x.reshape(steps * batch, self.input_size) @ self.weight.flatten(1))
+        u = u.view(steps, batch, self.k, self.hidden_size)
+        x_tilde = u[:, :, 0]
+        forget = torch.sigmoid(u[:, :, 1] + self.bias[0])
+        reset = torch.sigmoid(u[:, :, 2] + self.bias[1])
+        highway = u[:, :, 3] if self.k == 4 else x
+
+        c = x.new_zeros(batch, self.hidden_size)
+        cells = []
+        for t in range(steps):
+            # c_t = f_t * c_{t-1} + (1 - f_t) * x~_t == lerp(x~_t, c_{t-1}, f_t)
+            c_next = torch.lerp(x_tilde[t], c, forget[t])
+            c = c_next if mask_pad is None else torch.where(mask_pad[t, :, None], c, c_next)
+            cells.append(c)
+        h = torch.lerp(highway, torch.tanh(torch.stack(cells)), reset)
+        if mask_pad is not None:
+            h = h.masked_fill(mask_pad[:, :, None], 0.0)
+        return h, c
+
+
+class SRU(nn.Module):
+    """Stacked 2017-SRU layers (no dropout: the original DMN used none).
+
+    Args:
+        input_size: features of the input.
+        hidden_size: features of every layer's state.
+        num_layers: depth.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.layers = nn.ModuleList(
+            SRULayer(input_size if i == 0 else hidden_size, hidden_size) for i in range(num_layers)
+        )
+
+    def forward(self, x: Tensor, mask_pad: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Args: x ``(T, B, input_size)`` float; mask_pad ``(T, B)`` bool, True = padding.
+
+        Returns: h ``(T, B, hidden_size)`` of the last layer (0 at padded steps) and the final
+        cell states ``(num_layers, B, hidden_size)``.
+        """
+        finals = []
+        for layer in self.layers:
+            x, c = layer(x, mask_pad)
+            finals.append(c)
+        return x, torch.stack(finals)
+
+
+class LSTM(nn.Module):
+    """``nn.LSTM`` behind the SRU's interface (original ``--lstm``); padding via packing."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.lstm = nn.LSTM(input_size, hidden_size, num_layers=num_layers)
+
+    def forward(self, x: Tensor, mask_pad: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Args and returns as :meth:`SRU.forward` (final states are the LSTM's ``c_n``)."""
+        if mask_pad is None:
+            h, (_, c) = self.lstm(x)
+            return h, c
+        lengths = (~mask_pad).sum(0).cpu()
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        h, (_, c) = self.lstm(packed)
+        h, _ = pad_packed_sequence(h, total_length=x.shape[0])
+        return h, c
+
+
+def make_rnn(lstm: bool, input_size: int, hidden_size: int, num_layers: int) -> SRU | LSTM:
+    """The recurrent net the config asks for: :class:`LSTM` if ``lstm`` else :class:`SRU`."""
+    cls = LSTM if lstm else SRU
+    return cls(input_size, hidden_size, num_layers)
