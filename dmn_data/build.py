@@ -1,0 +1,257 @@
+"""``dmn-data build``: raw dataset → ``<out>/<dataset>/{vocab.json, <split>/*.tar, manifest.json}``.
+
+Stages: read the raw files into a :class:`~dmn_data.records.Source` (reader) → vocabulary →
+one :class:`~dmn_data.writer.ShardTask` per ``--shard-size`` images (in image-id order) → a pool of
+``--workers`` processes writes the shards → manifest. Every finished shard leaves a marker in
+``.build/``; a rerun of the same command skips finished shards, so a killed build resumes and ends
+byte-identical to an uninterrupted one. ``.build/`` is removed once the manifest is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import shutil
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .errors import DataError, SkipItem
+from .keys import FORMAT, MANIFEST, VOCAB, shard_name
+from .manifest import read_manifest, write_json_atomic
+from .records import Source
+from .refer import REFER_DATASETS, read_refer
+from .tokens import build_vocab, load_vocab_txt, tokenize, vocab_bytes
+from .writer import ShardStats, ShardTask, write_shard
+
+DATASETS = (*REFER_DATASETS, "toy")
+ALIASES = {"refcoco": "unc", "refcoco+": "unc+", "refcocog": "gref", "refclef": "referit"}
+STATE_DIR = ".build"
+
+
+@dataclass(frozen=True)
+class ToyOptions:
+    seed: int = 0
+    train: int = 4000
+    val: int = 300
+    test: int = 300
+    size: int = 128
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    dataset: str  # one of DATASETS (aliases resolved by resolve_dataset)
+    out: Path  # shards go to <out>/<dataset dir>/
+    data_root: Path | None = None  # raw files (not needed for toy)
+    image_root: Path | None = None  # overrides the dataset's default image folder
+    splits: tuple[str, ...] = ()  # empty: every split the dataset has
+    workers: int = 1
+    shard_size: int = 500  # images per shard
+    min_count: int = 1  # vocabulary: keep tokens seen this often in train
+    vocab_file: Path | None = None  # external one-token-per-line vocabulary
+    strict: bool = False  # stop at the first unusable input instead of counting it
+    overwrite: bool = False  # replace a build made with other options
+    toy: ToyOptions = field(default_factory=ToyOptions)
+
+
+def resolve_dataset(name: str, split_by: str | None = None) -> str:
+    """Our dataset name for a user-given name (ours or REFER's, with REFER's ``--split-by``)."""
+    from .refer import refer_dataset_name
+
+    if name in ALIASES:
+        return refer_dataset_name({v: k for k, v in ALIASES.items()}[ALIASES[name]], split_by)
+    if name in DATASETS:
+        if split_by is not None and name in REFER_DATASETS and REFER_DATASETS[name].split_by != split_by:
+            return refer_dataset_name(REFER_DATASETS[name].refer_name, split_by)
+        return name
+    raise DataError(f"unknown dataset {name!r}; choose from {', '.join([*DATASETS, *ALIASES])}")
+
+
+def dataset_dir(out: Path, dataset: str) -> Path:
+    return Path(out) / dataset.replace("+", "plus")
+
+
+def read_source(cfg: BuildConfig) -> Source:
+    if cfg.dataset == "toy":
+        from .toy import generate_toy
+
+        t = cfg.toy
+        return generate_toy(seed=t.seed, train=t.train, val=t.val, test=t.test, size=t.size)
+    if cfg.data_root is None:
+        raise DataError(f"--data-root is required for {cfg.dataset}")
+    root = Path(cfg.data_root)
+    if not root.is_dir():
+        raise DataError(f"--data-root {root} is not a directory")
+    if cfg.dataset == "referit" and not (root / "refclef").is_dir():
+        from .referit import read_referit_dmn
+
+        if not (root / "referit").is_dir():
+            raise DataError(
+                f"referit: neither {root / 'refclef'} (REFER layout) nor {root / 'referit'} "
+                "(original DMN layout) exists under --data-root"
+            )
+        return read_referit_dmn(root, image_root=cfg.image_root, tokenize=tokenize)
+    return read_refer(cfg.dataset, root, image_root=cfg.image_root, tokenize=tokenize)
+
+
+def _select_splits(cfg: BuildConfig, source: Source) -> list[str]:
+    available = sorted(source.splits)
+    if not cfg.splits:
+        if not available:
+            raise DataError(f"{cfg.dataset}: the raw files hold no usable ref")
+        return available
+    unknown = [s for s in cfg.splits if s not in source.splits]
+    if unknown:
+        raise DataError(f"{cfg.dataset} has no split {', '.join(map(repr, unknown))}; choose from {', '.join(available)}")
+    return list(dict.fromkeys(cfg.splits))
+
+
+def _vocab(cfg: BuildConfig, source: Source) -> list[str]:
+    if cfg.vocab_file is not None:
+        return load_vocab_txt(cfg.vocab_file)
+    if "train" not in source.splits:
+        raise DataError(f"{cfg.dataset}: no train split to build the vocabulary from; pass --vocab FILE")
+    return build_vocab((s.tokens for it in source.splits["train"] for r in it.refs for s in r.sentences), cfg.min_count)
+
+
+def _options(cfg: BuildConfig, splits: list[str]) -> dict:
+    """The build options recorded in the manifest: everything that changes the output bytes."""
+    opts = {"dataset": cfg.dataset, "splits": splits, "shard_size": cfg.shard_size, "min_count": cfg.min_count,
+            "vocab_file": str(cfg.vocab_file) if cfg.vocab_file else None,
+            "data_root": str(cfg.data_root) if cfg.data_root else None,
+            "image_root": str(cfg.image_root) if cfg.image_root else None}
+    if cfg.dataset == "toy":
+        opts["toy"] = asdict(cfg.toy)
+    return opts
+
+
+def _fingerprint(options: dict, vocab_sha: str) -> str:
+    return hashlib.sha256(json.dumps([FORMAT, options, vocab_sha], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _prepare_dir(cfg: BuildConfig, ddir: Path, fingerprint: str) -> dict | None:
+    """Check what ``ddir`` holds. Returns the manifest when the same build is already complete;
+    keeps the markers of an interrupted build with the same options (resume)."""
+    if (Path(cfg.out) / MANIFEST).is_file():
+        raise DataError(f"--out {cfg.out} is itself a built dataset; pass its parent folder (--out {Path(cfg.out).parent})")
+    state = ddir / STATE_DIR / "state.json"
+    if cfg.overwrite and ddir.exists():
+        shutil.rmtree(ddir)
+    elif (ddir / MANIFEST).is_file():
+        manifest = read_manifest(ddir)
+        if manifest.get("fingerprint") == fingerprint:
+            return manifest
+        raise DataError(f"{ddir} holds a build of {manifest.get('dataset')} with other options; pass --overwrite to replace it, or choose another --out")
+    elif state.is_file():
+        if json.loads(state.read_text()).get("fingerprint") != fingerprint:
+            raise DataError(f"{ddir} holds an unfinished build with other options; pass --overwrite to replace it, or rerun it with its own options")
+    elif ddir.is_dir() and any(ddir.iterdir()):
+        raise DataError(f"{ddir} exists and is not a dmn-data build; pass --overwrite to replace it, or choose another --out")
+    ddir.mkdir(parents=True, exist_ok=True)
+    (ddir / STATE_DIR).mkdir(exist_ok=True)
+    write_json_atomic(state, {"fingerprint": fingerprint})
+    return None
+
+
+def _done_path(ddir: Path, split: str, name: str) -> Path:
+    return ddir / STATE_DIR / split / (name + ".json")
+
+
+def build(cfg: BuildConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Build (or resume, or find up to date) the shards of ``cfg.dataset``; return the manifest."""
+    if cfg.workers < 1:
+        raise DataError(f"--workers must be >= 1, got {cfg.workers}")
+    if cfg.shard_size < 1:
+        raise DataError(f"--shard-size must be >= 1, got {cfg.shard_size}")
+    source = read_source(cfg)
+    splits = _select_splits(cfg, source)
+    if cfg.strict and source.skipped:
+        reason = next(iter(source.skipped))
+        raise DataError(f"--strict: {reason}: {source.examples[reason][0]}")
+    vocab = _vocab(cfg, source)
+    vbytes = vocab_bytes(vocab)
+    vocab_sha = hashlib.sha256(vbytes).hexdigest()
+    options = _options(cfg, splits)
+    fingerprint = _fingerprint(options, vocab_sha)
+    ddir = dataset_dir(cfg.out, cfg.dataset)
+    done = _prepare_dir(cfg, ddir, fingerprint)
+    if done is not None:
+        log(f"{ddir} is up to date (same dataset and options); nothing to do")
+        return done
+    (ddir / VOCAB).write_bytes(vbytes)
+
+    index = {tok: i for i, tok in enumerate(vocab)}
+    tasks: dict[str, list[ShardTask]] = {}
+    for split in splits:
+        (ddir / split).mkdir(exist_ok=True)
+        (ddir / STATE_DIR / split).mkdir(exist_ok=True)
+        items = sorted(source.splits[split], key=lambda it: it.image_id)
+        tasks[split] = [
+            ShardTask(path=str(ddir / split / shard_name(cfg.dataset, split, k // cfg.shard_size)),
+                      items=tuple(items[k:k + cfg.shard_size]), vocab_index=index, strict=cfg.strict)
+            for k in range(0, len(items), cfg.shard_size)
+        ]
+    ctx = multiprocessing.get_context("fork")
+    pool = ctx.Pool(cfg.workers) if cfg.workers > 1 else None
+    try:
+        for split in splits:
+            _run_split(ddir, split, tasks[split], pool, progress)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    manifest = _manifest(cfg, ddir, source, splits, tasks, options, fingerprint, len(vocab), vocab_sha)
+    write_json_atomic(ddir / MANIFEST, manifest)
+    shutil.rmtree(ddir / STATE_DIR, ignore_errors=True)
+    return manifest
+
+
+def _run_split(ddir: Path, split: str, tasks: list[ShardTask], pool, progress: bool) -> None:
+    pending = [t for t in tasks if not (_done_path(ddir, split, Path(t.path).name).is_file() and Path(t.path).is_file())]
+    total = sum(len(t.items) for t in tasks)
+    finished = total - sum(len(t.items) for t in pending)
+    bar = tqdm(total=total, initial=finished, desc=f"{split:>6}", unit="img", disable=not progress, dynamic_ncols=True)
+    sizes = {Path(t.path).name: len(t.items) for t in tasks}
+    results = pool.imap_unordered(write_shard, pending) if pool is not None else map(write_shard, pending)
+    try:
+        for stats in results:
+            write_json_atomic(_done_path(ddir, split, stats.name), _stats_to_json(stats))
+            bar.update(sizes[stats.name])
+    except SkipItem as err:
+        raise DataError(f"--strict: {err.reason}: {err.detail}") from None
+    finally:
+        bar.close()
+
+
+def _stats_to_json(s: ShardStats) -> dict:
+    return {"name": s.name, "images": s.images, "refs": s.refs, "sentences": s.sentences, "bytes": s.bytes,
+            "sha256": s.sha256, "skipped": dict(s.skipped), "examples": s.examples}
+
+
+def _manifest(cfg, ddir, source, splits, tasks, options, fingerprint, vocab_size, vocab_sha) -> dict:
+    skipped = Counter(source.skipped)
+    examples = {k: list(v) for k, v in source.examples.items()}
+    out_splits = {}
+    for split in splits:
+        shards = []
+        for task in tasks[split]:
+            name = Path(task.path).name
+            st = json.loads(_done_path(ddir, split, name).read_text())
+            skipped.update(st["skipped"])
+            for reason, ex in st["examples"].items():
+                examples.setdefault(reason, []).extend(ex[: 3 - len(examples.get(reason, []))])
+            if st["images"] == 0:  # every image of this shard was skipped: no empty tars downstream
+                Path(task.path).unlink(missing_ok=True)
+                continue
+            shards.append({"name": f"{split}/{name}", **{k: st[k] for k in ("images", "refs", "sentences", "bytes", "sha256")}})
+        out_splits[split] = {k: sum(s[k] for s in shards) for k in ("images", "refs", "sentences", "bytes")}
+        out_splits[split]["shards"] = shards
+    totals = {k: sum(s[k] for s in out_splits.values()) for k in ("images", "refs", "sentences", "bytes")}
+    return {"format": FORMAT, "dataset": cfg.dataset, "source": source.description, "options": options,
+            "fingerprint": fingerprint, "vocab": {"file": VOCAB, "size": vocab_size, "sha256": vocab_sha},
+            "splits": out_splits, "totals": totals, "skipped": dict(sorted(skipped.items())),
+            "skipped_examples": {k: v for k, v in sorted(examples.items()) if k in skipped}}
