@@ -1,0 +1,139 @@
+"""The Dynamic Multimodal Network, batched: visual, language, synthesis and upsampling modules."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .backbone import create_backbone, normalization, spatial_coords
+from .config import DMNConfig
+from .sru import make_rnn
+from .synthesis import Synthesis
+from .upsampling import Upsampling
+
+
+class DMN(nn.Module):
+    """Referring image segmentation: image + expression → mask logits.
+
+    Args:
+        config: the architecture (see :class:`DMNConfig`).
+        vocab_size: number of token ids (``<pad>`` = 0 included).
+
+    Submodules: ``backbone`` (visual), ``embedding`` + ``language`` (language), ``synthesis``,
+    ``collapse`` (1×1 conv to the stride-32 logits) and, with ``high_res``, ``upsampling``. A
+    low-res model's state dict is the high-res one minus ``upsampling.*``, so high-res training
+    starts from low-res weights with ``load_state_dict(state, strict=False)``.
+    """
+
+    def __init__(self, config: DMNConfig, vocab_size: int) -> None:
+        super().__init__()
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size must be >= 2 (<pad> and <unk>), got {vocab_size}")
+        self.config = config
+        self.backbone = create_backbone(config)
+        channels = self.backbone.feature_info.channels()
+        self.reductions = self.backbone.feature_info.reduction()
+        self.embedding = nn.Embedding(vocab_size, config.emb_size)
+        self.language = make_rnn(config.lstm, config.emb_size, config.hid_size, config.lang_layers)
+        self.synthesis = Synthesis(channels[-1], config)
+        self.collapse = nn.Conv2d(config.hid_mixed_size, 1, kernel_size=1)
+        self.upsampling: Upsampling | None = None
+        if config.high_res:
+            stages = config.upsamp_stages
+            if stages > len(channels):
+                raise ValueError(
+                    f"DMNConfig.upsamp_amplification={config.upsamp_amplification} needs "
+                    f"{stages} backbone stages; {config.backbone!r} has {len(channels)}: use at "
+                    f"most {2 ** len(channels)}")
+            self.upsampling = Upsampling(
+                config.hid_mixed_size, channels[::-1][:stages],
+                list(config.upsamp_channels[:stages]), kernel=config.upsamp_kernel,
+                mode=config.upsamp_mode, activation=config.upsamp_activation)
+        mean, std = normalization(self.backbone)
+        # Non-persistent: they follow the backbone, not the checkpoint.
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1) * 255,
+                             persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1) * 255,
+                             persistent=False)
+        if config.freeze:
+            for module in self._core_modules():
+                module.requires_grad_(False)
+
+    def _core_modules(self) -> list[nn.Module]:
+        """Everything but the upsampling module: what ``freeze`` fixes."""
+        return [self.backbone, self.embedding, self.language, self.synthesis, self.collapse]
+
+    def train(self, mode: bool = True) -> DMN:
+        """As ``nn.Module.train``; with ``freeze`` the frozen part stays in eval mode (BN stats)."""
+        super().train(mode)
+        if self.config.freeze:
+            for module in self._core_modules():
+                module.eval()
+        return self
+
+    @property
+    def output_stride(self) -> int:
+        """Stride of the low-res logits (32 for the usual backbones)."""
+        return self.reductions[-1]
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` uint8 RGB → float32 input for :meth:`forward`:
+        ``(x / 255 - mean) / std`` with the backbone's mean/std (timm ``pretrained_cfg``)."""
+        return (images.float() - self.pixel_mean) / self.pixel_std
+
+    def forward(self, images: Tensor, tokens: Tensor, lengths: Tensor, return_aux: bool = False
+                ) -> Tensor | tuple[Tensor, Tensor]:
+        """Segment the referred object.
+
+        Args:
+            images: ``(B, 3, H, W)`` float32, already :meth:`normalize`\\ d.
+            tokens: ``(B, T)`` int64 token ids, right-padded with 0.
+            lengths: ``(B,)`` int64, real tokens per sentence, in ``1..T``.
+            return_aux: also return the stride-32 logits (for an auxiliary low-res loss).
+
+        Returns:
+            logits ``(B, 1, H, W)`` with ``high_res``, else ``(B, 1, ⌈H/32⌉, ⌈W/32⌉)``; with
+            ``return_aux``, the pair ``(logits, lowres_logits)`` (the same tensor twice in
+            low-res mode). A sentence's logits do not depend on the padding around it.
+        """
+        steps = tokens.shape[1]
+        if bool(((lengths < 1) | (lengths > steps)).any()):
+            raise ValueError(f"lengths must be in 1..{steps} (tokens.shape[1]), "
+                             f"got {lengths.tolist()}")
+        frozen = self.config.freeze and torch.is_grad_enabled()
+        with torch.no_grad() if frozen else torch.enable_grad():
+            features = self.backbone(images)
+            multimodal = self._multimodal(features[-1], tokens, lengths)
+            lowres = self.collapse(multimodal)
+        if self.upsampling is None:
+            return (lowres, lowres) if return_aux else lowres
+        skips = features[::-1][:len(self.upsampling.convs)]
+        logits = self.upsampling(multimodal, skips)
+        if logits.shape[-2:] != images.shape[-2:]:
+            logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear",
+                                   align_corners=False)
+        return (logits, lowres) if return_aux else logits
+
+    def _multimodal(self, top: Tensor, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """``top (B, C, h, w)`` stride-32 feature → multimodal map ``(B, hid_mixed, h, w)``."""
+        batch, _, height, width = top.shape
+        coords = spatial_coords(height, width, device=top.device, dtype=top.dtype)
+        vis = torch.cat([top, coords.expand(batch, -1, -1, -1)], dim=1)
+        steps = tokens.shape[1]
+        mask_pad = torch.arange(steps, device=tokens.device)[:, None] >= lengths[None, :]
+        emb = self.embedding(tokens.t())  # (T, B, E)
+        hid, _ = self.language(emb, mask_pad)  # (T, B, H)
+        return self.synthesis(vis, emb, hid, mask_pad, lengths)
+
+    def param_counts(self) -> dict[str, int]:
+        """Parameters per module: backbone, language (embedding + RNN), synthesis, upsampling
+        (with the low-res ``collapse`` head counted under synthesis)."""
+        def count(*modules: nn.Module | None) -> int:
+            return sum(p.numel() for m in modules if m is not None for p in m.parameters())
+        return {
+            "backbone": count(self.backbone),
+            "language": count(self.embedding, self.language),
+            "synthesis": count(self.synthesis, self.collapse),
+            "upsampling": count(self.upsampling),
+        }
