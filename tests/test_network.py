@@ -1,0 +1,113 @@
+"""dmn_model.network: the DMN's input/output contract, padding invariance, freezing, devices."""
+
+import pytest
+import torch
+
+from dmn_model import DMN, preset
+
+VOCAB = 30
+
+
+def _small(**changes):
+    base = dict(tiny_cnn_channels=(4, 8, 8, 16, 16), emb_size=8, hid_size=8, num_filters=3,
+                mixed_size=8, hid_mixed_size=8, upsamp_channels=(8, 8, 8))
+    return preset("tiny", **(base | changes))
+
+
+def _batch(batch=3, size=64, steps=6, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=gen)
+    tokens = torch.randint(1, VOCAB, (batch, steps), generator=gen)
+    lengths = torch.tensor([steps, 2, 4][:batch])
+    tokens[torch.arange(steps)[None, :] >= lengths[:, None]] = 0
+    return images, tokens, lengths
+
+
+@pytest.mark.parametrize("high_res", [False, True])
+def test_output_shapes(high_res):
+    torch.manual_seed(0)
+    model = DMN(_small(high_res=high_res), VOCAB)
+    images, tokens, lengths = _batch(size=96)
+    logits, lowres = model(model.normalize(images), tokens, lengths, return_aux=True)
+    assert lowres.shape == (3, 1, 3, 3) and lowres.dtype == torch.float32
+    assert logits.shape == ((3, 1, 96, 96) if high_res else (3, 1, 3, 3))
+    assert model(model.normalize(images), tokens, lengths).shape == logits.shape
+
+
+@pytest.mark.parametrize("lstm", [False, True])
+def test_sentence_output_does_not_depend_on_padding(lstm):
+    torch.manual_seed(0)
+    model = DMN(_small(lstm=lstm), VOCAB).eval()  # eval: BatchNorm must not mix the batch
+    images, tokens, lengths = _batch()
+    with torch.no_grad():
+        batched = model(model.normalize(images), tokens, lengths)
+        for i in range(3):
+            n = int(lengths[i])
+            alone = model(model.normalize(images[i:i + 1]), tokens[i:i + 1, :n], lengths[i:i + 1])
+            torch.testing.assert_close(batched[i:i + 1], alone, atol=1e-5, rtol=1e-5)
+        # Different padding tokens change nothing either.
+        noisy = tokens.clone()
+        noisy[tokens == 0] = 7
+        torch.testing.assert_close(model(model.normalize(images), noisy, lengths), batched)
+
+
+def test_all_trainable_parameters_get_gradients():
+    torch.manual_seed(0)
+    model = DMN(_small(), VOCAB)
+    images, tokens, lengths = _batch()
+    logits, lowres = model(model.normalize(images), tokens, lengths, return_aux=True)
+    (logits.mean() + lowres.mean()).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert missing == []
+
+
+def test_freeze_trains_only_the_upsampling_module():
+    torch.manual_seed(0)
+    model = DMN(_small(freeze=True), VOCAB).train()
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"upsampling"}
+    assert not model.backbone.training and model.upsampling.training
+    images, tokens, lengths = _batch()
+    model(model.normalize(images), tokens, lengths).mean().backward()
+    assert all(p.grad is not None for p in model.upsampling.parameters())
+
+
+def test_low_res_weights_start_high_res_training():
+    torch.manual_seed(0)
+    low = DMN(_small(high_res=False), VOCAB)
+    high = DMN(_small(high_res=True), VOCAB)
+    result = high.load_state_dict(low.state_dict(), strict=False)
+    assert result.unexpected_keys == []
+    assert result.missing_keys and all(k.startswith("upsampling.") for k in result.missing_keys)
+
+
+def test_normalize_uses_backbone_constants():
+    model = DMN(_small(), VOCAB)
+    images = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    out = model.normalize(images)
+    expected = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    torch.testing.assert_close(out[0, :, 0, 0], expected)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="vocab_size"):
+        DMN(_small(), 1)
+    with pytest.raises(ValueError, match="upsamp_amplification"):
+        DMN(_small(upsamp_amplification=64, upsamp_channels=(8,) * 6), VOCAB)
+    model = DMN(_small(), VOCAB)
+    images, tokens, _ = _batch()
+    with pytest.raises(ValueError, match="lengths"):
+        model(model.normalize(images), tokens, torch.tensor([0, 2, 9]))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    torch.manual_seed(0)
+    model = DMN(_small(), VOCAB).eval()
+    images, tokens, lengths = _batch()
+    with torch.no_grad():
+        cpu = model(model.normalize(images), tokens, lengths)
+        model.cuda()
+        gpu = model(model.normalize(images.cuda()), tokens.cuda(), lengths.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)
