@@ -1,0 +1,156 @@
+"""Benchmark the DMN on CPU (2 threads): training throughput, decomposed vs naive synthesis, sizes.
+
+    .venv/bin/python pipelines/bench_model.py           # full run (several minutes)
+    .venv/bin/python pipelines/bench_model.py --quick   # seconds: tiny sizes only, a smoke test
+
+Prints markdown tables. Memory is the bytes of the tensors autograd saves for backward, counted
+once per storage through ``torch.autograd.graph.saved_tensors_hooks`` and leaving out parameters:
+the activation memory a training step holds between forward and backward. Times are medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from dmn_model import DMN, DMNConfig, preset
+from dmn_model.synthesis import NUM_COORDS, Synthesis, reference_fused_input
+
+VOCAB = 2000
+
+
+def _time(step: Callable[[], None], repeats: int) -> float:
+    """Median seconds per call after one warm-up call (the median shrugs off other load)."""
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _saved_bytes(step: Callable[[], torch.Tensor], module: torch.nn.Module) -> int:
+    """Bytes of the distinct non-parameter storages autograd saves during ``step``'s forward."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = step()
+    del out
+    return sum(storages.values())
+
+
+def _train_step(model: DMN, batch: int, size: int, steps: int) -> Callable[[], None]:
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    tokens = torch.randint(2, VOCAB, (batch, steps))
+    lengths = torch.randint(1, steps + 1, (batch,))
+    lengths[0] = steps
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        logits, lowres = model(model.normalize(images), tokens, lengths, return_aux=True)
+        (logits.mean() + lowres.mean()).backward()
+    return step
+
+
+def throughput(cases: list[tuple[str, DMNConfig, int, int, int]], steps: int) -> list[str]:
+    """Rows: preset, size, batch, s/step, samples/s (forward + backward, T = ``steps``)."""
+    rows = ["| model | image | batch | s / step | samples / s |", "|---|---|---|---|---|"]
+    for name, cfg, size, batch, repeats in cases:
+        torch.manual_seed(0)
+        model = DMN(cfg, VOCAB).train()
+        sec = _time(_train_step(model, batch, size, steps), repeats)
+        rows.append(f"| {name} | {size}² | {batch} | {sec:.3f} | {batch / sec:.2f} |")
+    return rows
+
+
+def synthesis_comparison(cfg: DMNConfig, vis_channels: int, batch: int, cells: int,
+                         steps: int, repeats: int) -> list[str]:
+    """Decomposed vs naive (per-word concatenation) fusion, alone and with the multimodal RNN."""
+    torch.manual_seed(0)
+    synth = Synthesis(vis_channels, cfg).train()
+    side = int(cells ** 0.5)
+    vis = torch.randn(batch, vis_channels + NUM_COORDS, side, side, requires_grad=True)
+    emb = torch.randn(steps, batch, cfg.emb_size, requires_grad=True)
+    hid = torch.randn(steps, batch, cfg.hid_size, requires_grad=True)
+    lengths = torch.full((batch,), steps)
+    mask_pad = torch.zeros(steps, batch, dtype=torch.bool)
+    variants = {"decomposed": synth.fused_input,
+                "naive (original)": lambda v, e, h: reference_fused_input(synth, v, e, h)}
+    rows = ["| stage | variant | fwd+bwd s | saved activations MB |", "|---|---|---|---|"]
+    results = {}
+    for stage in ("fusion → M_t", "fusion + multimodal RNN"):
+        for variant, fuse in variants.items():
+            def forward(fuse=fuse, stage=stage) -> torch.Tensor:
+                fused = fuse(vis, emb, hid)
+                if stage == "fusion + multimodal RNN":
+                    return synth.recur(fused, mask_pad, lengths, (side, side))
+                return fused
+
+            def step(forward=forward) -> None:
+                synth.zero_grad(set_to_none=True)
+                forward().sum().backward()
+            sec = _time(step, repeats)
+            mem = _saved_bytes(forward, synth) / 2 ** 20
+            results[stage, variant] = (sec, mem)
+            rows.append(f"| {stage} | {variant} | {sec:.3f} | {mem:.1f} |")
+        (ts, ms), (tn, mn) = results[stage, "decomposed"], results[stage, "naive (original)"]
+        rows.append(f"| {stage} | **naive / decomposed** | **{tn / ts:.1f}×** | "
+                    f"**{mn / ms:.1f}×** |")
+    return rows
+
+
+def param_table(configs: dict[str, DMNConfig]) -> list[str]:
+    names = ["backbone", "language", "synthesis", "upsampling"]
+    rows = ["| model | " + " | ".join(names) + " | total |", "|---" * (len(names) + 2) + "|"]
+    for label, cfg in configs.items():
+        counts = DMN(cfg, VOCAB).param_counts()
+        cells = [f"{counts[n] / 1e6:.3f} M" for n in names]
+        rows.append(f"| {label} | " + " | ".join(cells) + f" | {sum(counts.values()) / 1e6:.3f} M |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes only, a few seconds")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--words", type=int, default=15, help="sentence length T")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    tiny = preset("tiny")
+    paper = preset("paper", high_res=True)
+    print(f"torch {torch.__version__}, {args.threads} threads, T = {args.words} words, "
+          f"vocabulary {VOCAB}\n")
+
+    if args.quick:
+        cases = [("tiny", tiny, 96, 1, 1), ("tiny", tiny, 96, 8, 1)]
+        synth_args = (tiny, 128, 1, 9, args.words, 1)
+        configs = {"tiny (high-res)": tiny}
+    else:
+        cases = [("tiny", tiny, s, b, 3) for s in (96, 128, 256) for b in (1, 8)]
+        cases += [("tiny", tiny, 96, 32, 5), ("tiny", tiny, 128, 32, 3)]
+        cases += [("paper (high-res)", paper, 320, 1, 2), ("paper (high-res)", paper, 320, 8, 1)]
+        synth_args = (paper, 2688, 1, 100, args.words, 2)  # dpn92 at 320²: 10×10 cells
+        configs = {"paper (high-res)": paper, "tiny (high-res)": tiny}
+
+    print("## Parameters\n")
+    print("\n".join(param_table(configs)) + "\n")
+    print(f"## Synthesis: decomposed vs naive, T = {args.words}\n")
+    print("\n".join(synthesis_comparison(*synth_args)) + "\n")
+    print("## Training step (forward + backward, BCE-like loss on both outputs)\n")
+    print("\n".join(throughput(cases, args.words)))
+
+
+if __name__ == "__main__":
+    main()
