@@ -10,7 +10,7 @@ colour of an earlier one, so the attribute words are needed.
 Position words are relative to the objects that match the attribute words: "on the left" means the
 target's box centre lies left of every other matching object's by at least ``position_margin``.
 
-Ids: ``image_id = 10**7 * (split index + 1) + i`` (train 1, val 2, test 3), ``ref_id = ann_id =
+Ids: ``image_id = 10**6 * (split index + 1) + i`` (train 1, val 2, test 3), ``ref_id = ann_id =
 10 * image_id + k`` (k = object index), ``sent_id = 10 * ref_id``. Category ids are ``shape index
 + 1`` (0 stays "unknown", as in ReferIt). Each split has its own random stream, seeded from
 ``(seed, split index)``, so one split's size never changes another split's content.
@@ -41,7 +41,7 @@ COLOURS = {
 }
 SIZES = ("small", "big")
 DIRECTIONS = ("left", "right", "top", "bottom")
-ID_STRIDE = 10**7  # image ids of split s are ID_STRIDE * (s + 1) + i
+ID_STRIDE = 10**6  # image ids of split s are ID_STRIDE * (s + 1) + i; every id stays < 2**31
 
 _SIDE = {"small": (0.125, 0.16), "big": (0.27, 0.33)}  # shape side as a fraction of `size`
 _SHARE_P = 0.5  # probability that a later object copies an earlier one's shape or colour
