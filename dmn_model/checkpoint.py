@@ -1,0 +1,107 @@
+"""Checkpoints: one ``torch.save`` payload of tensors and plain containers, written atomically.
+
+Payload (``format = "dmn-checkpoint/1"``)::
+
+    model            state dict of the bare model (no DDP / torch.compile prefixes)
+    optimizer        optimizer state dict
+    scheduler        {"kind", "lr", ...}: the LR schedule is a pure function of the step, so its
+                     state is its settings and the LR at ``step``
+    step, epoch      optimizer updates done; epochs started (step // steps_per_epoch)
+    best_val_iou     best validation overall IoU so far (-1.0 before the first evaluation)
+    model_config     dataclasses.asdict(DMNConfig)
+    train_config     dataclasses.asdict(TrainConfig)
+    vocab_sha256     sha256 of the shards' vocab.json; vocab_size
+    rng              torch CPU (+ CUDA) generator states, Python ``random`` and numpy states
+
+Everything is a tensor, str, int, float, bool, None, list, tuple or dict, so loading uses
+``torch.load(weights_only=True)``: a checkpoint from the internet cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "dmn-checkpoint/1"
+REQUIRED = ("model", "model_config", "vocab_sha256", "vocab_size")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message names the file and the fix."""
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (plus the format tag) to ``path`` atomically: a killed process leaves
+    either the previous file or the new one, never a truncated one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        CheckpointError: missing, unreadable or corrupt file, or not a dmn checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for truncated/foreign files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({first[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path} is not a dmn checkpoint (format {found!r}, expected "
+                              f"{FORMAT!r}); pass a file written by dmn-train")
+    missing = [k for k in REQUIRED if k not in payload]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}; it is incomplete")
+    return payload
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the trainer touches, as tensors and plain containers."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": _to_lists(random.getstate()),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state` (the CUDA part only where the device count matches)."""
+    torch.set_rng_state(state["torch"].cpu())
+    random.setstate(_to_tuples(state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+def _to_lists(x: Any) -> Any:
+    return [_to_lists(v) for v in x] if isinstance(x, tuple) else x
+
+
+def _to_tuples(x: Any) -> Any:
+    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
