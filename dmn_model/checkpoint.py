@@ -1,4 +1,6 @@
-"""Checkpoints: one ``torch.save`` payload of tensors and plain containers, written atomically.
+"""Checkpoints and where they live in a run directory.
+
+A checkpoint is one ``torch.save`` payload of tensors and plain containers, written atomically.
 
 Payload (``format = "dmn-checkpoint/1"``)::
 
@@ -29,10 +31,60 @@ import torch
 
 FORMAT = "dmn-checkpoint/1"
 REQUIRED = ("model", "model_config", "vocab_sha256", "vocab_size")
+#: ``<runs root>/latest`` names the newest run (a relative symlink; a text file where links fail)
+LATEST = "latest"
+LAST, BEST = "last.pt", "best.pt"
 
 
 class CheckpointError(Exception):
-    """A checkpoint that cannot be used; the message names the file and the fix."""
+    """A checkpoint or run directory that cannot be used; the message names the path and the fix."""
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def run_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint to evaluate in a run: ``best.pt`` if present, else ``last.pt``."""
+    ckdir = checkpoint_dir(run_dir)
+    for name in (BEST, LAST):
+        if (ckdir / name).is_file():
+            return ckdir / name
+    raise CheckpointError(f"run {run_dir} has no {ckdir}/{BEST} or {LAST}; run dmn-train first "
+                          "or pass --checkpoint")
+
+
+def update_latest(run_dir: str | Path) -> None:
+    """Point ``<run_dir>/../latest`` at ``run_dir`` (atomic replace)."""
+    run_dir = Path(run_dir)
+    link = run_dir.parent / LATEST
+    tmp = run_dir.parent / f".{LATEST}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        tmp.symlink_to(run_dir.name, target_is_directory=True)
+    except OSError:
+        tmp.write_text(run_dir.name + "\n", encoding="utf-8")
+    os.replace(tmp, link)
+
+
+def latest_run(runs_root: str | Path) -> Path:
+    """The run ``<runs_root>/latest`` points at.
+
+    Raises:
+        CheckpointError: no pointer, or it points at a missing directory.
+    """
+    link = Path(runs_root) / LATEST
+    if link.is_symlink() or link.is_dir():
+        run = link.resolve()
+    elif link.is_file():
+        run = Path(runs_root) / link.read_text(encoding="utf-8").strip()
+    else:
+        raise CheckpointError(f"no runs found ({link} does not exist): run dmn-train first "
+                              "or pass --checkpoint")
+    if not run.is_dir():
+        raise CheckpointError(f"{link} points at {run}, which does not exist: run dmn-train "
+                              "first or pass --run/--checkpoint")
+    return run
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:

@@ -1,0 +1,382 @@
+"""Evaluation: a checkpoint on a split of shards → metrics at the original image resolution.
+
+Per sentence: the logits are resized to the model input (S × S) if coarser, the valid region
+(``resized_size``, top-left) is cropped and resized bilinearly to ``orig_size``, a sigmoid gives
+probabilities, and I / U against the original-resolution mask are counted at every threshold of
+the sweep and at the fixed one (see :mod:`dmn_model.metrics`). Under torchrun every rank
+evaluates its share of the split and the sums are all-reduced.
+
+Outputs in ``<out>`` (default ``runs/<name>/eval/<split>/``): ``metrics.json``,
+``predictions.zarr`` (per-sentence ids, I and U per threshold, probability maps) and
+``best_worst.png``. ``metrics_from_predictions`` recomputes the metrics from the zarr alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import zarr
+from torch import nn
+
+from dmn_data.errors import DataError
+from dmn_data.manifest import read_manifest
+from dmn_data.masks import decode_rle
+
+from .checkpoint import CheckpointError, latest_run, load_checkpoint, run_checkpoint
+from .config import DMNConfig
+from .distributed import DistInfo, all_reduce_sum, barrier, gather_to_main, unwrap
+from .metrics import (IoUAccumulator, eval_thresholds, intersection_union, per_sentence_iou,
+                      summarize)
+from .network import DMN
+from .plots import plot_prediction_grid
+
+PREDICTIONS_FORMAT = "dmn-predictions/1"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What ``dmn-eval`` evaluates, and how. None = take it from the run."""
+
+    split: str
+    runs_root: str = "runs"  # where runs/latest lives
+    run: str | None = None  # a run directory; default: <runs_root>/latest
+    checkpoint: str | None = None  # a .pt file; default: the run's best.pt, else last.pt
+    shards: str | None = None  # default: the shards the run was trained on
+    size: int | None = None  # model input side S; default: the training size
+    threshold: float = 0.5  # fixed probability threshold (the sweep is always computed too)
+    batch_size: int = 16
+    workers: int = 2
+    out: str | None = None  # default: <run>/eval/<split>/
+    device: str = "auto"
+    predictions: bool = True  # write predictions.zarr
+    grid: int = 6  # examples in each half (best, worst) of the PNG grid; 0 = no PNG
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The concrete files an :class:`EvalConfig` refers to."""
+
+    checkpoint: Path
+    shards: Path
+    out: Path
+    size: int
+
+
+def find_checkpoint(cfg: EvalConfig) -> tuple[Path, Path]:
+    """(checkpoint file, run directory) that ``cfg`` names; the latest run's by default."""
+    if cfg.checkpoint is not None:
+        ckpt = Path(cfg.checkpoint)
+        # A checkpoint inside <run>/checkpoints/ writes to <run>/eval/; elsewhere next to it.
+        return ckpt, ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    run_dir = Path(cfg.run) if cfg.run is not None else latest_run(cfg.runs_root)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"--run {run_dir} does not exist")
+    return run_checkpoint(run_dir), run_dir
+
+
+def resolve(cfg: EvalConfig, ckpt: dict, ckpt_path: Path, run_dir: Path) -> Resolved:
+    """Shards, input size and output folder: the flags', else the training run's."""
+    train_config = ckpt.get("train_config") or {}
+    shards = cfg.shards or train_config.get("shards")
+    if shards is None:
+        raise CheckpointError(f"{ckpt_path} does not name its shards; pass --shards")
+    size = cfg.size or train_config.get("size")
+    if size is None:
+        raise CheckpointError(f"{ckpt_path} does not name its input size; pass --size")
+    out = Path(cfg.out) if cfg.out is not None else run_dir / "eval" / cfg.split
+    return Resolved(checkpoint=ckpt_path, shards=Path(shards), out=out, size=int(size))
+
+
+def check_split(manifest: dict, split: str, shards: Path) -> None:
+    splits = sorted(manifest.get("splits", {}))
+    if split not in splits:
+        raise DataError(f"split {split!r} is not in {shards} (choose one of {', '.join(splits)})")
+
+
+def vocab_sha256(shards: Path) -> str:
+    """sha256 of ``<shards>/vocab.json`` — what checkpoints record to pin their vocabulary."""
+    path = Path(shards) / "vocab.json"
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as err:
+        raise DataError(f"{path}: unreadable ({err.strerror}); pass the dataset folder "
+                        "written by dmn-data build") from None
+
+
+def check_vocab(ckpt: dict, shards: Path, source: str) -> None:
+    found = vocab_sha256(shards)
+    if ckpt["vocab_sha256"] != found:
+        raise CheckpointError(
+            f"{source} was trained with vocabulary sha256 {ckpt['vocab_sha256'][:12]}…, but "
+            f"{shards}/vocab.json is {found[:12]}…: pass the --shards the run was trained on")
+
+
+def model_from_checkpoint(ckpt: dict, source: str) -> DMN:
+    """Rebuild the DMN from a checkpoint's config and load its weights (strict)."""
+    try:
+        model = DMN(DMNConfig.from_dict(ckpt["model_config"]), int(ckpt["vocab_size"]))
+        model.load_state_dict(ckpt["model"])
+    except (ValueError, RuntimeError, TypeError) as err:
+        raise CheckpointError(f"{source}: weights do not fit its model config "
+                              f"({str(err).splitlines()[0][:200]})") from None
+    return model
+
+
+class PredictionWriter:
+    """Streams one rank's per-sentence results into a zarr v3 group.
+
+    Arrays: ``image_id``, ``ref_id``, ``sent_id`` ``(N,)`` int64; ``inter``, ``union`` ``(N, K)``
+    int64 (K thresholds, listed in the group's attrs); ``prob`` ``(N, S, S)`` uint8 (probability
+    × 255 at model resolution, valid region top-left), chunks of ``chunk`` sentences, zstd.
+    """
+
+    def __init__(self, path: Path, size: int, num_thresholds: int, chunk: int = 16) -> None:
+        self.path = path
+        self.group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        self.prob = self.group.create_array(
+            "prob", shape=(0, size, size), chunks=(chunk, size, size), dtype="uint8",
+            compressors=zarr.codecs.ZstdCodec(level=3))
+        self.chunk = chunk
+        self.pending: list[np.ndarray] = []
+        self.columns: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("image_id", "ref_id", "sent_id", "inter", "union")}
+        self.num_thresholds = num_thresholds
+
+    def add(self, prob: np.ndarray, **columns: np.ndarray) -> None:
+        """``prob`` ``(B, S, S)`` uint8; columns as the arrays above, B rows each."""
+        for k, v in columns.items():
+            self.columns[k].append(np.asarray(v, dtype=np.int64))
+        self.pending.append(prob)
+        if sum(len(p) for p in self.pending) >= self.chunk:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.prob.append(np.concatenate(self.pending), axis=0)
+            self.pending = []
+
+    def close(self) -> None:
+        self._flush()
+        for k, parts in self.columns.items():
+            shape = (0, self.num_thresholds) if k in ("inter", "union") else (0,)
+            data = np.concatenate(parts) if parts else np.zeros(shape, dtype=np.int64)
+            self.group.create_array(k, data=data, compressors=zarr.codecs.ZstdCodec(level=3))
+
+
+def merge_parts(parts: list[Path], out: Path, attrs: dict) -> None:
+    """Concatenate the ranks' zarr groups (in rank order) into ``out`` and tag it with ``attrs``."""
+    if out.exists():
+        shutil.rmtree(out)
+    if len(parts) == 1:
+        os.replace(parts[0], out)
+    else:
+        groups = [zarr.open_group(str(p), mode="r") for p in parts]
+        merged = zarr.open_group(str(out), mode="w", zarr_format=3)
+        for k in ("image_id", "ref_id", "sent_id", "inter", "union"):
+            merged.create_array(k, data=np.concatenate([g[k][:] for g in groups]),
+                                compressors=zarr.codecs.ZstdCodec(level=3))
+        first = groups[0]["prob"]
+        total = sum(g["prob"].shape[0] for g in groups)
+        prob = merged.create_array("prob", shape=(total, *first.shape[1:]), chunks=first.chunks,
+                                   dtype="uint8", compressors=zarr.codecs.ZstdCodec(level=3))
+        offset = 0
+        for g in groups:
+            n, step = g["prob"].shape[0], first.chunks[0] * 16
+            for i in range(0, n, step):
+                block = g["prob"][i:i + step]
+                prob[offset + i:offset + i + len(block)] = block
+            offset += n
+        for p in parts:
+            shutil.rmtree(p)
+    zarr.open_group(str(out), mode="r+").attrs.update(attrs)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader, device: torch.device, info: DistInfo, *, threshold: float,
+            writer: PredictionWriter | None = None, keep: int = 0, max_batches: int = 0,
+            amp: bool = False, progress: bool = False) -> tuple[IoUAccumulator, list[dict]]:
+    """Run ``model`` over ``loader`` and count I / U per sentence at the original resolution.
+
+    Args:
+        model: the bare DMN (no DDP wrapper: ranks may see different numbers of batches).
+        loader: an eval loader (each sentence once); batches as ``dmn_data.stream``.
+        threshold: the fixed threshold; the sweep is always counted too.
+        writer: receives per-sentence results when given.
+        keep: how many best and worst sentences (IoU at ``threshold``) to return, with images.
+        max_batches: stop after this many batches per rank (0 = all).
+
+    Returns:
+        The accumulator summed over ranks, and on rank 0 the ``keep`` best then ``keep`` worst
+        examples (dicts for :func:`plots.plot_prediction_grid`); ``[]`` elsewhere.
+    """
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    thresholds = eval_thresholds(threshold)
+    fixed = thresholds.index(threshold)
+    thr = torch.tensor(thresholds, dtype=torch.float64)
+    acc = IoUAccumulator(thresholds)
+    kept: list[dict] = []
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda"
+                else nullcontext())
+    batches = _progress(loader, progress and info.is_main, "eval")
+    for i, batch in enumerate(batches):
+        if max_batches and i >= max_batches:
+            break
+        images = batch["image"].to(device, non_blocking=True)
+        with autocast:
+            logits = model(model.normalize(images), batch["tokens"].to(device),
+                           batch["lengths"].to(device))
+        side = images.shape[-2:]
+        logits = logits.float()
+        if logits.shape[-2:] != side:
+            logits = F.interpolate(logits, size=side, mode="bilinear", align_corners=False)
+        inter, union = [], []
+        for b in range(images.shape[0]):
+            (h, w), (oh, ow) = batch["resized_size"][b].tolist(), batch["orig_size"][b].tolist()
+            full = F.interpolate(logits[b:b + 1, :, :h, :w], size=(oh, ow), mode="bilinear",
+                                 align_corners=False)
+            gt = torch.from_numpy(decode_rle(batch["mask_rle"][b])).to(device)
+            i_b, u_b = intersection_union(torch.sigmoid(full[0, 0]), gt, thr)
+            inter.append(i_b.cpu().numpy())
+            union.append(u_b.cpu().numpy())
+        inter_np, union_np = np.stack(inter), np.stack(union)
+        acc.update(inter_np, union_np)
+        prob = (torch.sigmoid(logits[:, 0]) * 255).round().to(torch.uint8).cpu().numpy()
+        if writer is not None:
+            writer.add(prob, image_id=batch["image_id"], ref_id=batch["ref_id"],
+                       sent_id=batch["sent_id"], inter=inter_np, union=union_np)
+        if keep:
+            iou = per_sentence_iou(inter_np[:, fixed], union_np[:, fixed])
+            kept = _extremes(kept + _rows(batch, prob, iou), keep)
+    model.train(was_training)
+    acc.load_state_tensor(all_reduce_sum(acc.state_tensor(), info, device))
+    gathered = gather_to_main(kept, info) if keep else None
+    if not keep or gathered is None:
+        return acc, []
+    return acc, _extremes([r for rows in gathered for r in rows], keep)
+
+
+def _rows(batch: dict, prob: np.ndarray, iou: np.ndarray) -> list[dict]:
+    return [{"image": batch["image"][b].numpy(), "mask": batch["mask"][b].numpy(),
+             "prob": prob[b], "resized_size": batch["resized_size"][b].tolist(),
+             "sentence": batch["sentence"][b], "sent_id": int(batch["sent_id"][b]),
+             "iou": float(iou[b])} for b in range(len(iou))]
+
+
+def _extremes(rows: list[dict], keep: int) -> list[dict]:
+    """The ``keep`` highest-IoU rows then the ``keep`` lowest (ties broken by sent_id)."""
+    ranked = sorted(rows, key=lambda r: (-r["iou"], r["sent_id"]))
+    if len(ranked) <= 2 * keep:
+        return ranked
+    return ranked[:keep] + ranked[-keep:]
+
+
+def _progress(iterable, enabled: bool, desc: str):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    total = len(iterable) if hasattr(iterable, "__len__") else None
+    return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False)
+
+
+def evaluate(cfg: EvalConfig, info: DistInfo, device: torch.device,
+             log: Callable[[str], None] = print) -> dict:
+    """``dmn-eval``: evaluate a checkpoint on ``cfg.split`` and write the outputs (rank 0).
+
+    Raises:
+        CheckpointError: no run, or a missing/corrupt checkpoint, or a vocabulary mismatch.
+        DataError: bad shards or a split the manifest lacks.
+    """
+    from dmn_data.stream import make_loader
+
+    ckpt_path, run_dir = find_checkpoint(cfg)
+    ckpt = load_checkpoint(ckpt_path)
+    where = resolve(cfg, ckpt, ckpt_path, run_dir)
+    manifest = read_manifest(where.shards)
+    check_split(manifest, cfg.split, where.shards)
+    check_vocab(ckpt, where.shards, str(where.checkpoint))
+    model = model_from_checkpoint(ckpt, str(where.checkpoint)).to(device)
+    loader = make_loader(str(where.shards), cfg.split, size=where.size, batch_size=cfg.batch_size,
+                         train=False, workers=cfg.workers, rank=info.rank,
+                         world_size=info.world_size)
+    if info.is_main:
+        where.out.mkdir(parents=True, exist_ok=True)
+        log(f"evaluating {where.checkpoint} (step {ckpt.get('step', '?')}) on {where.shards} "
+            f"{cfg.split} at {where.size}px → {where.out}")
+    barrier(info)
+    thresholds = eval_thresholds(cfg.threshold)
+    part = where.out / f".predictions.rank{info.rank}.zarr"
+    writer = (PredictionWriter(part, where.size, len(thresholds)) if cfg.predictions else None)
+    start = time.time()
+    acc, extremes = predict(model, loader, device, info, threshold=cfg.threshold, writer=writer,
+                            keep=cfg.grid, amp=True, progress=cfg.progress)
+    if writer is not None:
+        writer.close()
+    metrics = {
+        "split": cfg.split, "checkpoint": str(where.checkpoint), "step": ckpt.get("step"),
+        "shards": str(where.shards), "size": where.size, "vocab_sha256": ckpt["vocab_sha256"],
+        **summarize(acc, cfg.threshold),
+        "seconds": round(time.time() - start, 3), "world_size": info.world_size,
+    }
+    barrier(info)
+    if info.is_main:
+        if writer is not None:
+            attrs = {"format": PREDICTIONS_FORMAT, "thresholds": list(thresholds),
+                     "metrics": {k: v for k, v in metrics.items() if k not in ("fixed", "sweep")},
+                     "threshold": cfg.threshold}
+            merge_parts([where.out / f".predictions.rank{r}.zarr" for r in range(info.world_size)],
+                        where.out / "predictions.zarr", attrs)
+        _write_json(where.out / "metrics.json", metrics)
+        if extremes:
+            plot_prediction_grid(extremes, where.out / "best_worst.png", cfg.threshold,
+                                 f"{cfg.split}: best {min(cfg.grid, len(extremes))} and worst "
+                                 f"(IoU at threshold {cfg.threshold:g})")
+    barrier(info)
+    return metrics
+
+
+def metrics_from_predictions(path: str | Path, threshold: float | None = None) -> dict:
+    """Recompute ``metrics.json`` from a ``predictions.zarr`` without the model.
+
+    ``threshold`` must be one the evaluation counted (the sweep or its fixed threshold).
+    """
+    path = Path(path)
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        attrs = dict(group.attrs)
+        inter, union = group["inter"][:], group["union"][:]
+    except Exception as err:  # zarr raises many types for a missing or foreign store
+        raise DataError(f"{path}: not a readable predictions.zarr ({type(err).__name__}: "
+                        f"{str(err)[:150]})") from None
+    if attrs.get("format") != PREDICTIONS_FORMAT:
+        raise DataError(f"{path}: format {attrs.get('format')!r}, expected {PREDICTIONS_FORMAT!r}")
+    thresholds = [float(t) for t in attrs["thresholds"]]
+    threshold = attrs["threshold"] if threshold is None else threshold
+    if threshold not in thresholds:
+        raise DataError(f"--threshold {threshold} was not counted in {path}; choose the fixed "
+                        f"threshold {attrs['threshold']} or one of the sweep (0, 0.025, …, 0.95)")
+    acc = IoUAccumulator(thresholds)
+    acc.update(inter, union)
+    meta = dict(attrs["metrics"])
+    seconds, world = meta.pop("seconds", None), meta.pop("world_size", None)
+    return {**meta, **summarize(acc, threshold), "seconds": seconds, "world_size": world}
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,439 @@
+"""Training: one config dataclass and one loop that reads top to bottom.
+
+config → distributed/device setup → data → model (fresh, ``--init-from`` or resumed) → loop of
+(LR for this step, ``accum_iters`` forward/backward passes, optimizer step, log, evaluate,
+checkpoint). Rank 0 logs, writes files and checkpoints; every rank evaluates its share of the
+validation split (sums all-reduced), so no rank idles at a barrier through a long evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from dmn_data.errors import DataError
+from dmn_data.manifest import read_manifest
+
+from . import checkpoint as ck
+from .checkpoint import CheckpointError
+from .config import DMNConfig, preset
+from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_from_main, unwrap
+from .evaluate import check_split, predict, vocab_sha256
+from .losses import masked_bce_with_logits, soft_iou_loss
+from .network import DMN
+from .plots import plot_curves
+
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training knob, once. Defaults are the ``paper`` preset (the original README)."""
+
+    shards: str  # dataset folder written by dmn-data build (manifest.json, vocab.json, splits)
+    preset: str = "paper"  # model + training preset this run started from
+    split: str = "train"
+    val_split: str | None = "val"  # None: no evaluation, best.pt is never written
+    out: str = ""  # run directory; "" = runs/<dataset>-<preset>-<timestamp>
+    # Data. The original trained at 512 px, batch 1, no flips.
+    size: int = 512
+    batch_size: int = 1  # per rank, per micro-step
+    workers: int = 2
+    flip: bool = False  # horizontal flips (the stream swaps left/right words)
+    epoch_batches: int | None = None  # batches per epoch per rank; None = one pass over the split
+    # Length: optimizer steps, or epochs when steps == 0.
+    steps: int = 0
+    epochs: int = 24  # the released UNC weights: 24 low-res epochs (then 4 high-res)
+    accum_iters: int = 1  # micro-batches per optimizer step (original --accum-iters)
+    # Optimizer (Adam, as the original) and LR schedule, a pure function of the step.
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | cosine (to min_lr at the last step)
+    warmup_steps: int = 0  # linear warmup from 0
+    min_lr: float = 0.0
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    # Loss: BCE (or the original --iou-loss) on the output + aux_weight × BCE on the stride-32
+    # logits of a high-res model.
+    iou_loss: bool = False
+    aux_weight: float = 0.0
+    # Start from another run's weights (high-res stage from the low-res checkpoint).
+    init_from: str | None = None
+    # Bookkeeping.
+    log_every: int = 50  # steps per log line / metrics.jsonl row
+    eval_every: int = 0  # steps between evaluations; 0 = once per epoch
+    save_every: int = 0  # steps between last.pt writes; 0 = at every evaluation
+    eval_batches: int = 0  # cap on validation batches per rank (0 = the whole split)
+    eval_batch_size: int = 0  # 0 = batch_size
+    threshold: float = 0.5  # validation threshold; best.pt maximises overall IoU at it
+    seed: int = 1111  # the original's seed
+    # Runtime.
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # bf16 autocast (CUDA only)
+    compile: bool = False  # torch.compile the model
+    progress: bool = True  # progress bar on rank 0
+
+    def __post_init__(self) -> None:
+        positive = ("size", "batch_size", "epochs", "accum_iters", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("steps", "warmup_steps", "eval_every", "save_every", "eval_batches",
+                     "eval_batch_size", "workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ValueError(f"need 0 <= --min-lr <= --lr and --lr > 0, got lr={self.lr}, "
+                             f"min_lr={self.min_lr}")
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"--threshold must be in [0, 1), got {self.threshold}")
+
+
+#: Training-side presets; the model side is ``dmn_model.config.preset`` of the same name.
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    # Calibrated on the toy dataset, 2 CPU cores (DESIGN.md): held-out oIoU ~0.9 in ~10 min.
+    "tiny": dict(size=96, batch_size=32, lr=1e-3, epochs=8, aux_weight=0.5, log_every=20,
+                 eval_every=200, eval_batch_size=64, seed=0),
+}
+
+
+def train_config(preset_name: str, shards: str, **overrides: Any) -> TrainConfig:
+    """The preset's TrainConfig with ``overrides`` (None values are ignored)."""
+    if preset_name not in TRAIN_PRESETS:
+        raise ValueError(f"unknown --preset {preset_name!r}; choose one of {sorted(TRAIN_PRESETS)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return TrainConfig(shards=shards, preset=preset_name, **{**TRAIN_PRESETS[preset_name], **given})
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup, then constant or cosine."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    span = max(total_steps - cfg.warmup_steps, 1)
+    progress = min((step - cfg.warmup_steps) / span, 1.0)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def compute_loss(model: nn.Module, batch: dict, device: torch.device, cfg: TrainConfig,
+                 autocast) -> torch.Tensor:
+    """The training loss of one micro-batch (a scalar float32 tensor)."""
+    images = batch["image"].to(device, non_blocking=True)
+    target = batch["mask"].to(device, non_blocking=True)
+    valid = batch["valid"].to(device, non_blocking=True)
+    x = unwrap(model).normalize(images)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast:
+        logits, lowres = model(x, batch["tokens"].to(device), batch["lengths"].to(device),
+                               return_aux=True)
+    main = soft_iou_loss if cfg.iou_loss else masked_bce_with_logits
+    loss = main(logits.float(), target, valid)
+    if cfg.aux_weight and lowres is not logits:
+        loss = loss + cfg.aux_weight * masked_bce_with_logits(lowres.float(), target, valid)
+    return loss
+
+
+def default_run_dir(cfg: TrainConfig, runs_root: str = "runs") -> Path:
+    name = Path(cfg.shards).resolve().name
+    return Path(runs_root) / f"{name}-{cfg.preset}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
+    """metrics.jsonl rows up to ``up_to_step`` (rows after the resumed checkpoint are dropped)."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [r for r in rows if r["step"] <= up_to_step]
+
+
+def _payload(model, optimizer, cfg, model_cfg, step, epoch, best, vocab_sha, vocab_size, lr):
+    return {
+        "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": {"kind": cfg.schedule, "lr": lr, "base_lr": cfg.lr,
+                      "warmup_steps": cfg.warmup_steps, "min_lr": cfg.min_lr},
+        "step": step, "epoch": epoch, "best_val_iou": best,
+        "model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(cfg),
+        "vocab_sha256": vocab_sha, "vocab_size": vocab_size, "rng": ck.rng_state(),
+    }
+
+
+def init_weights_from(model: DMN, path: str, vocab_sha: str, log: Callable[[str], None]) -> None:
+    """Load every tensor of checkpoint ``path`` whose name and shape match (low → high res)."""
+    ckpt = ck.load_checkpoint(path)
+    if ckpt["vocab_sha256"] != vocab_sha:
+        raise CheckpointError(f"--init-from {path} was trained with another vocabulary (sha256 "
+                              f"{ckpt['vocab_sha256'][:12]}…, shards have {vocab_sha[:12]}…)")
+    own = model.state_dict()
+    matching = {k: v for k, v in ckpt["model"].items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matching, strict=False)
+    log(f"--init-from {path}: loaded {len(matching)}/{len(own)} tensors "
+        f"({len(own) - len(matching)} new, e.g. {sorted(set(own) - set(matching))[:3]})")
+
+
+def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.device, *,
+          resume: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Train ``model_cfg`` as ``cfg`` says; return the last evaluation's metrics (or {}).
+
+    With ``resume``, ``cfg.out`` must hold a run: model, optimizer, step, RNG states and
+    metrics.jsonl continue from its ``last.pt``.
+
+    Raises:
+        CheckpointError / DataError / ValueError: bad checkpoint, shards or settings.
+    """
+    from dmn_data.stream import make_loader
+
+    # ---- run directory ------------------------------------------------------------------------
+    # Absolute, so dmn-eval finds the shards from any working directory.
+    cfg = dataclasses.replace(cfg, shards=str(Path(cfg.shards).resolve()))
+    if not cfg.out:
+        # Every rank must agree on the timestamped name: rank 0 picks it.
+        cfg = dataclasses.replace(cfg, out=broadcast_from_main(str(default_run_dir(cfg)), info))
+    out = Path(cfg.out)
+    last_path = ck.checkpoint_dir(out) / ck.LAST
+    if resume and not last_path.is_file():
+        raise CheckpointError(f"--resume: {last_path} does not exist (nothing to resume; "
+                              "drop --resume to start a new run)")
+    if not resume and last_path.is_file():
+        raise CheckpointError(f"{out} already holds a run; pass --resume to continue it "
+                              "or choose another --out")
+    shards = Path(cfg.shards)
+    manifest = read_manifest(shards)
+    check_split(manifest, cfg.split, shards)
+    if cfg.val_split is not None:
+        check_split(manifest, cfg.val_split, shards)
+    vocab_sha = vocab_sha256(shards)
+
+    # ---- data ---------------------------------------------------------------------------------
+    loader = make_loader(str(shards), cfg.split, size=cfg.size, batch_size=cfg.batch_size,
+                         train=True, workers=cfg.workers, seed=cfg.seed, rank=info.rank,
+                         world_size=info.world_size, flip=cfg.flip,
+                         epoch_batches=cfg.epoch_batches)
+    val_loader = None
+    if cfg.val_split is not None:
+        val_loader = make_loader(str(shards), cfg.val_split, size=cfg.size,
+                                 batch_size=cfg.eval_batch_size or cfg.batch_size, train=False,
+                                 workers=cfg.workers, rank=info.rank, world_size=info.world_size)
+    steps_per_epoch = len(loader) // cfg.accum_iters
+    if steps_per_epoch < 1:
+        raise DataError(f"{cfg.split} gives {len(loader)} batches per rank, fewer than "
+                        f"--accum-iters {cfg.accum_iters}: lower --batch-size or --accum-iters")
+    total_steps = cfg.steps or cfg.epochs * steps_per_epoch
+    eval_every = cfg.eval_every or steps_per_epoch
+    save_every = cfg.save_every or eval_every
+
+    # ---- model, optimizer, state --------------------------------------------------------------
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed + info.rank)
+    np.random.seed(cfg.seed + info.rank)
+    model = DMN(model_cfg, len(loader.vocab))
+    if cfg.init_from and not resume:
+        init_weights_from(model, cfg.init_from, vocab_sha, log if info.is_main else _quiet)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                 weight_decay=cfg.weight_decay)
+    step, best = 0, -1.0
+    if resume:
+        state = ck.load_checkpoint(last_path, map_location=device)
+        if state["vocab_sha256"] != vocab_sha:
+            raise CheckpointError(f"--resume: {last_path} was trained on another vocabulary "
+                                  f"than {shards}/vocab.json")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, best = int(state["step"]), float(state["best_val_iou"])
+        ck.set_rng_state(state["rng"])
+    train_model: nn.Module = model
+    if info.enabled:
+        # The stride-32 head gets no gradient when a high-res model's aux loss is off.
+        unused = model_cfg.high_res and not cfg.aux_weight
+        train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=unused)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and device.type == "cuda"
+                else nullcontext())
+
+    # ---- files (rank 0) -----------------------------------------------------------------------
+    metrics_path, curves_path = out / "metrics.jsonl", out / "curves.png"
+    records: list[dict] = []
+    if info.is_main:
+        ck.checkpoint_dir(out).mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(
+            {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg),
+             "shards": str(shards.resolve()), "vocab_sha256": vocab_sha,
+             "world_size": info.world_size}, indent=1) + "\n", encoding="utf-8")
+        ck.update_latest(out)
+        records = _read_metrics(metrics_path, step)
+        _rewrite_jsonl(metrics_path, records)
+        n = sum(p.numel() for p in model.parameters())
+        log(f"run {out} | {n / 1e6:.2f} M params | {steps_per_epoch} steps/epoch | "
+            f"{total_steps} steps | {'resuming at step ' + str(step) if resume else 'fresh'} | "
+            f"{info.world_size} rank(s) on {device}")
+    barrier(info)
+
+    def record(row: dict) -> None:
+        records.append(row)
+        with open(metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def save(name: str, lr: float) -> None:
+        ck.save_checkpoint(ck.checkpoint_dir(out) / name, _payload(
+            model, optimizer, cfg, model_cfg, step, step // steps_per_epoch, best, vocab_sha,
+            len(loader.vocab), lr))
+
+    # ---- the loop -----------------------------------------------------------------------------
+    bar = _bar(total_steps, step, cfg.progress and info.is_main)
+    last_metrics: dict = {}
+    interval_loss, interval_steps, interval_samples, interval_start = 0.0, 0, 0, time.time()
+    train_model.train()
+    while step < total_steps:
+        epoch = step // steps_per_epoch
+        batches = iter(loader)  # one epoch of the stream (reshuffled per epoch by the loader)
+        # Resuming mid-epoch: skip the micro-batches the killed run already used.
+        for _ in range((step - epoch * steps_per_epoch) * cfg.accum_iters):
+            next(batches)
+        while step < total_steps and step // steps_per_epoch == epoch:
+            lr = lr_at(step, cfg, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for micro in range(cfg.accum_iters):
+                batch = next(batches)
+                # DDP: all-reduce gradients only on the last micro-batch of the step.
+                sync = micro == cfg.accum_iters - 1 or not info.enabled
+                with nullcontext() if sync else train_model.no_sync():
+                    loss = compute_loss(train_model, batch, device, cfg, autocast)
+                    (loss / cfg.accum_iters).backward()
+                interval_loss += loss.item() / cfg.accum_iters
+                interval_samples += batch["image"].shape[0]
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            interval_steps += 1
+            bar.update(1)
+
+            if step % cfg.log_every == 0 or step == total_steps:
+                stats = all_reduce_sum(torch.tensor([interval_loss, interval_samples],
+                                                    dtype=torch.float64), info, device)
+                seconds = time.time() - interval_start
+                row = {"kind": "train", "step": step, "epoch": step / steps_per_epoch,
+                       "loss": stats[0].item() / info.world_size / interval_steps, "lr": lr,
+                       "samples_per_s": stats[1].item() / seconds,
+                       "steps_per_s": interval_steps / seconds}
+                if info.is_main:
+                    record(row)
+                    bar.write(f"step {step:>6}/{total_steps} | epoch {row['epoch']:.2f} | "
+                              f"loss {row['loss']:.4f} | lr {lr:.2e} | "
+                              f"{row['samples_per_s']:.1f} samples/s")
+                interval_loss, interval_steps, interval_samples = 0.0, 0, 0
+                interval_start = time.time()
+
+            evaluate_now = val_loader is not None and (step % eval_every == 0 or step == total_steps)
+            if evaluate_now:
+                acc, _ = predict(model, val_loader, device, info, threshold=cfg.threshold,
+                                 max_batches=cfg.eval_batches, amp=cfg.amp)
+                train_model.train()
+                fixed = acc.at(acc.thresholds.index(cfg.threshold))
+                last_metrics = {"kind": "eval", "step": step, "split": cfg.val_split,
+                                "threshold": cfg.threshold, "overall_iou": fixed["overall_iou"],
+                                "mean_iou": fixed["mean_iou"], "precision": fixed["precision"],
+                                "sentences": acc.count}
+                improved = fixed["overall_iou"] > best
+                best = max(best, fixed["overall_iou"])
+                if info.is_main:
+                    record(last_metrics)
+                    plot_curves(records, curves_path)
+                    bar.write(f"eval {cfg.val_split} @ {step}: overall IoU {fixed['overall_iou']:.4f} "
+                              f"| mean IoU {fixed['mean_iou']:.4f} | {acc.count} sentences"
+                              + (" | new best" if improved else ""))
+                    if improved:
+                        save(ck.BEST, lr)
+                interval_start = time.time()
+            if step % save_every == 0 or step == total_steps or evaluate_now:
+                if info.is_main:
+                    save(ck.LAST, lr)
+                barrier(info)
+    bar.close()
+    if info.is_main:
+        if records:
+            plot_curves(records, curves_path)
+        log(f"done: {step} steps; checkpoints in {ck.checkpoint_dir(out)}")
+    return broadcast_from_main(last_metrics, info)
+
+
+def _rewrite_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def write(self, line: str) -> None:
+        print(line, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+    bar.write = lambda line: tqdm.write(line)  # log lines above the bar, not through it
+    return bar
+
+
+def model_config(preset_name: str, **overrides: Any) -> DMNConfig:
+    """The model preset with CLI overrides (None values are ignored)."""
+    return preset(preset_name, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def resume_configs(out: Path, train_overrides: dict[str, Any], model_overrides: dict[str, Any],
+                   log: Callable[[str], None] = print) -> tuple[TrainConfig, DMNConfig]:
+    """The configs of the run in ``out`` (its config.json), with explicitly given training flags
+    applied (e.g. more ``steps``). Model flags must not change a resumed run."""
+    path = out / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"--resume: {path} does not exist; pass the --out of a dmn-train run")
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    model_cfg = DMNConfig.from_dict(stored["model"])
+    changed = {k: v for k, v in model_overrides.items()
+               if v is not None and getattr(model_cfg, k) != v}
+    if changed:
+        raise ValueError(f"--resume continues {out} with its own model; drop the model flags "
+                         f"that change it: {sorted(changed)}")
+    base = dict(stored["train"])
+    given = {k: v for k, v in train_overrides.items() if v is not None and base.get(k) != v}
+    for k, v in given.items():
+        log(f"--resume: {k} {base.get(k)!r} -> {v!r}")
+    return TrainConfig(**{**base, **given, "out": str(out)}), model_cfg
