@@ -1,0 +1,316 @@
+"""The streaming reader: shards of one split → batches. The only way training and evaluation read data.
+
+    loader = make_loader("shards/unc", "train", size=320, batch_size=16, train=True, rank=r, world_size=n)
+    for epoch in range(epochs):
+        for batch in loader:        # exactly len(loader) batches on every rank
+            ...
+
+Batch contract (``B`` examples, ``S`` = ``size``, ``T`` = the longest sentence in the batch):
+
+=================  =====================  =====================================================
+``image``          ``(B, 3, S, S) uint8``  RGB, longest side resized to ``S`` (bilinear), padded
+                                          bottom/right with zeros
+``valid``          ``(B, S, S) bool``      True inside the resized image (top-left ``h' × w'``)
+``mask``           ``(B, S, S) uint8``     the ref's mask (0/1) resized like the image (nearest),
+                                          0 in the padding
+``tokens``         ``(B, T) int64``        token ids (``vocab.json``), padded with 0 (``<pad>``)
+``lengths``        ``(B,) int64``          real tokens per sentence, ≥ 1
+``orig_size``      ``(B, 2) int64``        ``(h, w)`` of the original image
+``resized_size``   ``(B, 2) int64``        ``(h', w')`` of the valid region
+``image_id``,      ``(B,) int64``          ids from the source dataset
+``ref_id``,
+``sent_id``
+``sentence``       ``list[str]``           the raw sentence
+``mask_rle``       ``list[dict]``          the ref's mask at original resolution, COCO compressed
+                                          RLE ``{"size": [h, w], "counts": str}``
+=================  =====================  =====================================================
+
+With ``flip=True`` (training only) an example is mirrored with probability 1/2 when its sentence
+allows it: image, mask and ``mask_rle`` are flipped and left/right words swapped in ``tokens`` and
+``sentence`` (see :class:`dmn_data.transforms.Mirror`). The valid region stays top-left.
+
+Evaluation (``train=False``) yields every sentence of the split exactly once (shards split by rank,
+then by worker), in the same order on every run with the same settings, last partial batches kept.
+Training reads shards resampled with replacement, seeded by ``seed`` + epoch + rank + worker, and
+yields exactly ``len(loader)`` batches per epoch on every rank — computed from the manifest's
+sentence counts, so ranks never disagree and no shard is scanned to know an epoch's length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .errors import DataError
+from .keys import IMAGE_EXTS, MANIFEST, META_EXT
+from .manifest import read_manifest
+from .transforms import Mirror, collate, make_example
+
+
+@dataclass(frozen=True)
+class _Shard:
+    url: str
+    images: int
+    sentences: int
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A DataError raised inside a worker, carried to the main process as one line."""
+
+    message: str
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def _rng(seed: int, epoch: int, rank: int, purpose: str) -> random.Random:
+    worker, _ = _worker()
+    return random.Random(f"dmn-stream/{purpose}/{seed}/{epoch}/{rank}/{worker}")
+
+
+class _ShardList(IterableDataset):
+    """First stage. Eval: this rank's shards, then this worker's, in manifest order.
+    Train: an endless stream of shards drawn with replacement (every rank and worker draws from all
+    shards with its own seed, so any number of shards feeds any number of ranks × workers)."""
+
+    def __init__(self, shards: list[_Shard], *, train: bool, seed: int, rank: int, world_size: int):
+        self.shards, self.train, self.seed = shards, train, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0  # set by Loader before each epoch's workers start
+
+    def __iter__(self) -> Iterator[_Shard]:
+        if self.train:
+            rng = _rng(self.seed, self.epoch, self.rank, "shards")
+            while True:
+                yield rng.choice(self.shards)
+        worker, workers = _worker()
+        yield from self.shards[self.rank::self.world_size][worker::workers]
+
+
+def _read_samples(shards: Iterator[_Shard]) -> Iterator[dict]:
+    """``{"__key__", "__url__", "jpg"|"png": bytes, "json": bytes}``, one per image; a shard that
+    cannot be read, or holds another number of images than the manifest says, is a DataError."""
+    for shard in shards:
+        count = 0
+        try:
+            for sample in wds.tarfile_samples([{"url": shard.url}]):
+                count += 1
+                yield sample
+        except Exception as err:  # tarfile, gzip, OS errors: the message gets the shard's name
+            detail = str(err.args[0]).split(" @ ")[0] if err.args else type(err).__name__
+            raise DataError(f"shard {shard.url} is unreadable ({detail}); rebuild it with dmn-data build") from None
+        if count != shard.images:
+            raise DataError(f"shard {shard.url} holds {count} images, its manifest says {shard.images} "
+                            "(truncated or replaced?); rebuild it with dmn-data build")
+
+
+def _expand(samples: Iterator[dict]) -> Iterator[dict]:
+    """One item per (image, ref, sentence): the image bytes (shared, not decoded yet), the image
+    size, the ref's RLE and the sentence's ids/tokens/raw text."""
+    for sample in samples:
+        where = f"shard {sample['__url__']}, sample {sample['__key__']}"
+        data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
+        if data is None or META_EXT not in sample:
+            raise DataError(f"{where}: needs one of .{'/.'.join(IMAGE_EXTS)} and .{META_EXT}, has {sorted(k for k in sample if not k.startswith('__'))}")
+        try:
+            meta = json.loads(sample[META_EXT])
+            for ref in meta["refs"]:
+                for sent in ref["sentences"]:
+                    if not sent["ids"]:
+                        raise ValueError(f"sentence {sent['sent_id']} has no tokens")
+                    yield {"where": where, "data": data, "width": meta["width"], "height": meta["height"],
+                           "image_id": meta["image_id"], "ref_id": ref["ref_id"], "mask": ref["mask"],
+                           "sent_id": sent["sent_id"], "ids": sent["ids"], "tokens": sent["tokens"],
+                           "raw": sent["raw"]}
+        except (ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{where}: bad annotation ({type(err).__name__}: {err})") from None
+
+
+def _shuffle(items: Iterator[dict], *, bufsize: int, source: _ShardList) -> Iterator[dict]:
+    """Reservoir shuffle: the buffer fills completely before the first item leaves."""
+    rng = _rng(source.seed, source.epoch, source.rank, "shuffle")
+    buf: list[dict] = []
+    for item in items:
+        if len(buf) < bufsize:
+            buf.append(item)
+            continue
+        i = rng.randrange(bufsize)
+        yield buf[i]
+        buf[i] = item
+    rng.shuffle(buf)
+    yield from buf
+
+
+def _decode(items: Iterator[dict], *, size: int, mirror: Mirror | None, source: _ShardList) -> Iterator:
+    rng = _rng(source.seed, source.epoch, source.rank, "flip") if mirror is not None else None
+    for item in items:
+        try:
+            yield make_example(item, size, mirror, rng)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # corrupt images
+            raise DataError(f"{item['where']}, ref {item['ref_id']}: {err}") from None
+
+
+def _report_errors(batches: Iterator) -> Iterator:
+    try:
+        yield from batches
+    except DataError as err:
+        yield _Failure(str(err))
+
+
+def _identity(x):
+    return x
+
+
+class Loader:
+    """Iterable over batches (see the module docstring). ``len()`` is batches per epoch on this rank;
+    each ``iter()`` starts the next epoch (``set_epoch`` to resume at a given one)."""
+
+    def __init__(self, pipeline: wds.DataPipeline, source: _ShardList, *, num_batches: int, workers: int,
+                 train: bool, vocab: list[str], manifest: dict, pin_memory: bool):
+        self._pipeline, self._source = pipeline, source
+        self.num_batches, self.workers, self.train = num_batches, workers, train
+        self.vocab, self.manifest, self.pin_memory = vocab, manifest, pin_memory
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next iteration is epoch ``epoch`` (its shard draws and shuffles follow from it)."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        self._source.epoch = self.epoch  # workers fork (or unpickle) the source with this epoch
+        self.epoch += 1
+        if self.workers == 0:
+            batches = iter(self._pipeline)
+        else:
+            batches = iter(DataLoader(self._pipeline, batch_size=None, num_workers=self.workers,
+                                      collate_fn=_identity, pin_memory=self.pin_memory))
+        try:
+            for n, batch in enumerate(batches, 1):
+                if isinstance(batch, _Failure):
+                    raise DataError(batch.message)
+                yield batch
+                if self.train and n == self.num_batches:
+                    break
+        finally:
+            del batches  # shuts the workers down now, not at garbage collection
+
+
+def _dataset_dir(shards: str | Path) -> Path:
+    text = str(shards)
+    if "://" in text or text.startswith("pipe:"):
+        raise DataError(f"shards {text}: remote locations are not supported yet; copy them to a local directory")
+    path = Path(text)
+    return path.parent if path.name == MANIFEST and path.is_file() else path
+
+
+def _load_vocab(ddir: Path, manifest: dict) -> list[str]:
+    entry = manifest.get("vocab") or {}
+    path = ddir / entry.get("file", "vocab.json")
+    try:
+        data = path.read_bytes()
+        vocab = json.loads(data)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: unreadable vocabulary ({err}); rebuild with dmn-data build") from None
+    if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
+        raise DataError(f"{path}: not a JSON list of tokens; rebuild with dmn-data build")
+    if entry.get("sha256") and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise DataError(f"{path}: does not match the sha256 in {ddir / MANIFEST}; rebuild with dmn-data build")
+    return vocab
+
+
+def _shard_list(ddir: Path, manifest: dict, split: str) -> list[_Shard]:
+    splits = manifest.get("splits") or {}
+    if split not in splits:
+        raise DataError(f"split {split!r} is not in {ddir / MANIFEST}; choose from {', '.join(sorted(splits)) or '(none)'}")
+    entries = splits[split].get("shards") or []
+    if not entries:
+        raise DataError(f"split {split!r} of {ddir} has no shards (every image was skipped at build time?)")
+    shards = [_Shard(str(ddir / e["name"]), int(e["images"]), int(e["sentences"])) for e in entries]
+    missing = [s.url for s in shards if not Path(s.url).is_file()]
+    if missing:
+        raise DataError(f"shard {missing[0]} is missing ({len(missing)} of {len(shards)} listed in {ddir / MANIFEST}); rebuild with dmn-data build")
+    return shards
+
+
+def _check_args(*, size, batch_size, workers, rank, world_size, shuffle_buffer, epoch_batches) -> None:
+    checks = [(size >= 1, f"--size must be >= 1, got {size}"),
+              (batch_size >= 1, f"--batch-size must be >= 1, got {batch_size}"),
+              (workers >= 0, f"--workers must be >= 0, got {workers}"),
+              (world_size >= 1 and 0 <= rank < world_size, f"rank {rank} is not in 0..world_size-1 (world_size {world_size})"),
+              (shuffle_buffer >= 1, f"--shuffle-buffer must be >= 1, got {shuffle_buffer}"),
+              (epoch_batches is None or epoch_batches >= 1, f"--epoch-batches must be >= 1, got {epoch_batches}")]
+    for ok, message in checks:
+        if not ok:
+            raise DataError(message)
+
+
+def make_loader(shards: str | Path, split: str, *, size: int, batch_size: int, train: bool,
+                workers: int = 2, seed: int = 0, rank: int = 0, world_size: int = 1,
+                shuffle_buffer: int = 2000, flip: bool = False, epoch_batches: int | None = None,
+                pin_memory: bool = False) -> Loader:
+    """Batches of ``split`` from the shards in ``shards`` (a built dataset directory, or its manifest).
+
+    Args:
+        size: side ``S`` of the square batches; the longest image side is resized to it.
+        train: resampled shards, shuffle buffer, optional flips, fixed epoch length;
+            otherwise every sentence once, in order.
+        workers: DataLoader worker processes (0 = in this process). In eval, clamped to the number
+            of shards this rank reads.
+        seed, rank, world_size: passed explicitly (nothing is read from the environment).
+        shuffle_buffer: examples held for shuffling, per worker (train).
+        flip: random horizontal flips with left/right words swapped (train only).
+        epoch_batches: batches per epoch on each rank (train); default
+            ``sentences // (batch_size × world_size)`` (at least 1).
+
+    Raises:
+        DataError: missing/unfinished/foreign manifest, unknown split, missing shard, bad argument;
+            later, while iterating: a corrupt shard (the message names it).
+    """
+    _check_args(size=size, batch_size=batch_size, workers=workers, rank=rank, world_size=world_size,
+                shuffle_buffer=shuffle_buffer, epoch_batches=epoch_batches)
+    if flip and not train:
+        raise DataError("flip=True is for training only (evaluation must see the images as they are)")
+    ddir = _dataset_dir(shards)
+    manifest = read_manifest(ddir)
+    shard_list = _shard_list(ddir, manifest, split)
+    vocab = _load_vocab(ddir, manifest)
+
+    if train:
+        total = sum(s.sentences for s in shard_list)
+        num_batches = epoch_batches or max(1, total // (batch_size * world_size))
+    else:
+        mine = shard_list[rank::world_size]
+        workers = min(workers, len(mine))  # a worker without a shard would have nothing to read
+        parts = [mine[w::max(workers, 1)] for w in range(max(workers, 1))]
+        num_batches = sum(math.ceil(sum(s.sentences for s in p) / batch_size) for p in parts)
+
+    source = _ShardList(shard_list, train=train, seed=seed, rank=rank, world_size=world_size)
+    mirror = Mirror(vocab) if flip else None
+    pipeline = wds.DataPipeline(
+        source,  # _Shard: eval → this rank's then this worker's shards in order; train → endless draws
+        _read_samples,  # {"__key__", "__url__", "jpg"/"png", "json"}: one image with all its refs
+        _expand,  # one dict per (image, ref, sentence), image still encoded
+        partial(_shuffle, bufsize=shuffle_buffer, source=source) if train else None,  # same, mixed
+        partial(_decode, size=size, mirror=mirror, source=source),  # transforms.Example: resized arrays
+        wds.batched(batch_size, collation_fn=partial(collate, size=size), partial=True),  # batch dicts
+        _report_errors,  # a DataError becomes a _Failure item the main process raises again
+    )
+    return Loader(pipeline, source, num_batches=num_batches, workers=workers, train=train, vocab=vocab,
+                  manifest=manifest, pin_memory=pin_memory)

@@ -1,0 +1,178 @@
+"""Per-example transforms of the shard stream: decode, resize, mirror, and collate into a batch.
+
+Used by :mod:`dmn_data.stream`; every function here is pure (given its ``rng``) and runs inside the
+DataLoader workers. Shapes: ``S`` = the target side, ``(h', w')`` = the resized image (longest
+side ``S``), ``T`` = the longest sentence of a batch.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as cocomask
+
+from .keys import PAD_ID
+from .masks import decode_rle
+
+
+def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """``(h', w')`` with the longest side exactly ``size`` and the aspect ratio kept (≥ 1 px)."""
+    scale = size / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def decode_resized(data: bytes, height: int, width: int, size: int) -> np.ndarray:
+    """The image in ``data`` as ``(h', w', 3) uint8`` RGB, longest side ``size`` (bilinear).
+
+    A JPEG is decoded in draft mode: libjpeg scales by 1/2, 1/4 or 1/8 while decoding (only when
+    the result stays at least the target size, i.e. when shrinking by ≥ 2×), which skips most of the
+    IDCT work. EXIF orientation is ignored on purpose: the annotations use the stored pixel grid.
+
+    Raises:
+        ValueError: the image is not ``width × height`` as the annotation says.
+    """
+    th, tw = resized_shape(height, width, size)
+    with Image.open(io.BytesIO(data)) as im:
+        if im.size != (width, height):
+            raise ValueError(f"image is {im.size[0]}x{im.size[1]}, its annotation says {width}x{height}")
+        if im.format == "JPEG":
+            im.draft("RGB", (tw, th))
+        rgb = im.convert("RGB")
+    if rgb.size != (tw, th):
+        rgb = rgb.resize((tw, th), Image.BILINEAR)
+    return np.asarray(rgb)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """``(h, w) uint8`` 0/1 mask → ``(h', w') uint8`` 0/1, nearest neighbour (stays binary)."""
+    th, tw = resized_shape(mask.shape[0], mask.shape[1], size)
+    return np.asarray(Image.fromarray(mask).resize((tw, th), Image.NEAREST))
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """``(h, w) uint8`` 0/1 → ``{"size": [h, w], "counts": str}`` (COCO compressed RLE)."""
+    rle = cocomask.encode(np.asfortranarray(mask))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+_SIDES = ("left", "right")
+_RAW_SIDE = re.compile(r"\b(left|right)", re.IGNORECASE)
+
+
+class Mirror:
+    """Horizontal flips that keep a sentence true: "left" and "right" words swap with the image.
+
+    A token is a side word when it starts with "left" or "right" ("left", "rightmost",
+    "lefthand"…); its mirror swaps that prefix. An example may be flipped only when each of its
+    side words and the word's mirror are both in the vocabulary — otherwise the flipped sentence
+    could not be written in token ids ("leftover", or a word that maps to ``<unk>``), and the
+    example is left unflipped.
+    """
+
+    def __init__(self, vocab: list[str]):
+        index = {tok: i for i, tok in enumerate(vocab)}
+        self.swap = np.arange(len(vocab), dtype=np.int64)
+        self.mirrors: dict[str, str] = {}
+        for tok, i in index.items():
+            other = _mirror_word(tok)
+            if other is not None and other in index:
+                self.swap[i] = index[other]
+                self.mirrors[tok] = other
+
+    def can_flip(self, tokens: list[str]) -> bool:
+        return all(t in self.mirrors for t in tokens if _mirror_word(t) is not None)
+
+    def ids(self, ids: list[int]) -> list[int]:
+        return self.swap[np.asarray(ids, dtype=np.int64)].tolist()
+
+    @staticmethod
+    def raw(text: str) -> str:
+        """The raw sentence with side words swapped (best effort: first-letter case kept)."""
+        def repl(m: re.Match) -> str:
+            word = m.group(1)
+            other = "right" if word.lower() == "left" else "left"
+            return other.capitalize() if word[0].isupper() else other
+        return _RAW_SIDE.sub(repl, text)
+
+
+def _mirror_word(tok: str) -> str | None:
+    for side, other in (_SIDES, _SIDES[::-1]):
+        if tok.startswith(side):
+            return other + tok[len(side):]
+    return None
+
+
+@dataclass(frozen=True)
+class Example:
+    """One (image, ref, sentence) after decoding: what the collate function pads and stacks."""
+
+    image: np.ndarray  # (h', w', 3) uint8
+    mask: np.ndarray  # (h', w') uint8 0/1
+    ids: list[int]  # token ids, ≥ 1 of them
+    orig_size: tuple[int, int]  # (h, w)
+    image_id: int
+    ref_id: int
+    sent_id: int
+    sentence: str
+    mask_rle: dict  # original resolution, {"size": [h, w], "counts": str}
+
+
+def make_example(item: dict, size: int, mirror: Mirror | None, rng: random.Random | None) -> Example:
+    """Decode one expanded stream item (see ``stream._expand``) into an :class:`Example`.
+
+    With ``mirror`` and ``rng`` given, the example is flipped with probability 1/2 (when its
+    sentence allows it): image, mask and ``mask_rle`` are mirrored, side words swapped. The flip
+    happens before padding, so the valid region stays top-left.
+    """
+    h, w = item["height"], item["width"]
+    image = decode_resized(item["data"], h, w, size)
+    full = decode_rle(item["mask"])
+    if full.shape != (h, w):
+        raise ValueError(f"ref {item['ref_id']}: mask is {full.shape[1]}x{full.shape[0]}, image is {w}x{h}")
+    ids, raw, rle = item["ids"], item["raw"], item["mask"]
+    if mirror is not None and rng is not None and rng.random() < 0.5 and mirror.can_flip(item["tokens"]):
+        image = image[:, ::-1]
+        full = np.ascontiguousarray(full[:, ::-1])
+        ids, raw, rle = mirror.ids(ids), mirror.raw(raw), encode_rle(full)
+    return Example(image=image, mask=resize_mask(full, size), ids=list(ids), orig_size=(h, w),
+                   image_id=item["image_id"], ref_id=item["ref_id"], sent_id=item["sent_id"],
+                   sentence=raw, mask_rle=rle)
+
+
+def collate(examples: list[Example], size: int) -> dict:
+    """Pad each example to ``size × size`` (bottom/right, zeros) and stack; see the batch
+    contract in :mod:`dmn_data.stream`."""
+    b = len(examples)
+    longest = max(len(e.ids) for e in examples)
+    image = np.zeros((b, size, size, 3), dtype=np.uint8)
+    mask = np.zeros((b, size, size), dtype=np.uint8)
+    valid = np.zeros((b, size, size), dtype=bool)
+    tokens = np.full((b, longest), PAD_ID, dtype=np.int64)
+    resized = np.zeros((b, 2), dtype=np.int64)
+    for i, e in enumerate(examples):
+        h, w = e.mask.shape
+        image[i, :h, :w] = e.image
+        mask[i, :h, :w] = e.mask
+        valid[i, :h, :w] = True
+        tokens[i, :len(e.ids)] = e.ids
+        resized[i] = (h, w)
+    return {
+        "image": torch.from_numpy(image).permute(0, 3, 1, 2).contiguous(),
+        "valid": torch.from_numpy(valid),
+        "mask": torch.from_numpy(mask),
+        "tokens": torch.from_numpy(tokens),
+        "lengths": torch.tensor([len(e.ids) for e in examples], dtype=torch.int64),
+        "orig_size": torch.tensor([e.orig_size for e in examples], dtype=torch.int64),
+        "resized_size": torch.from_numpy(resized),
+        "image_id": torch.tensor([e.image_id for e in examples], dtype=torch.int64),
+        "ref_id": torch.tensor([e.ref_id for e in examples], dtype=torch.int64),
+        "sent_id": torch.tensor([e.sent_id for e in examples], dtype=torch.int64),
+        "sentence": [e.sentence for e in examples],
+        "mask_rle": [e.mask_rle for e in examples],
+    }
