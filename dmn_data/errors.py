@@ -9,6 +9,9 @@ class SkipItem(Exception):
     """One input item is unusable; the build counts it under ``reason`` (or stops under --strict)."""
 
     def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
+        super().__init__(reason, detail)  # args must rebuild it: it crosses process boundaries
         self.reason = reason
         self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
