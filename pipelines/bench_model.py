@@ -5,13 +5,14 @@
 
 Prints markdown tables. Memory is the bytes of the tensors autograd saves for backward, counted
 once per storage through ``torch.autograd.graph.saved_tensors_hooks`` and leaving out parameters:
-the activation memory a training step holds between forward and backward. Times are medians.
+the activation memory a training step holds between forward and backward. Times are the
+fastest of a few repeats.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
 import time
 from collections.abc import Callable
 
@@ -23,15 +24,21 @@ from dmn_model.synthesis import NUM_COORDS, Synthesis, reference_fused_input
 VOCAB = 2000
 
 
-def _time(step: Callable[[], None], repeats: int) -> float:
-    """Median seconds per call after one warm-up call (the median shrugs off other load)."""
+def _time(step: Callable[[], None], repeats: int) -> tuple[float, float]:
+    """Fastest (wall, CPU) seconds per call after one warm-up call.
+
+    The minimum, as ``timeit`` advises: other jobs on the cores only ever add time. CPU is user +
+    system time of this process over all its threads (wall × threads when nothing interferes).
+    """
     step()
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        before, start = os.times(), time.perf_counter()
         step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        after = os.times()
+        walls.append(time.perf_counter() - start)
+        cpus.append(after.user - before.user + after.system - before.system)
+    return min(walls), min(cpus)
 
 
 def _saved_bytes(step: Callable[[], torch.Tensor], module: torch.nn.Module) -> int:
@@ -66,12 +73,14 @@ def _train_step(model: DMN, batch: int, size: int, steps: int) -> Callable[[], N
 
 def throughput(cases: list[tuple[str, DMNConfig, int, int, int]], steps: int) -> list[str]:
     """Rows: preset, size, batch, s/step, samples/s (forward + backward, T = ``steps``)."""
-    rows = ["| model | image | batch | s / step | samples / s |", "|---|---|---|---|---|"]
+    rows = ["| model | image | batch | wall s / step | CPU s / step | samples / s (wall) |",
+            "|---|---|---|---|---|---|"]
     for name, cfg, size, batch, repeats in cases:
         torch.manual_seed(0)
         model = DMN(cfg, VOCAB).train()
-        sec = _time(_train_step(model, batch, size, steps), repeats)
-        rows.append(f"| {name} | {size}² | {batch} | {sec:.3f} | {batch / sec:.2f} |")
+        wall, cpu = _time(_train_step(model, batch, size, steps), repeats)
+        rows.append(f"| {name} | {size}² | {batch} | {wall:.3f} | {cpu:.3f} | "
+                    f"{batch / wall:.2f} |")
     return rows
 
 
@@ -88,7 +97,8 @@ def synthesis_comparison(cfg: DMNConfig, vis_channels: int, batch: int, cells: i
     mask_pad = torch.zeros(steps, batch, dtype=torch.bool)
     variants = {"decomposed": synth.fused_input,
                 "naive (original)": lambda v, e, h: reference_fused_input(synth, v, e, h)}
-    rows = ["| stage | variant | fwd+bwd s | saved activations MB |", "|---|---|---|---|"]
+    rows = ["| stage | variant | fwd+bwd wall s | fwd+bwd CPU s | saved activations MB |",
+            "|---|---|---|---|---|"]
     results = {}
     for stage in ("fusion → M_t", "fusion + multimodal RNN"):
         for variant, fuse in variants.items():
@@ -101,13 +111,13 @@ def synthesis_comparison(cfg: DMNConfig, vis_channels: int, batch: int, cells: i
             def step(forward=forward) -> None:
                 synth.zero_grad(set_to_none=True)
                 forward().sum().backward()
-            sec = _time(step, repeats)
+            wall, cpu = _time(step, repeats)
             mem = _saved_bytes(forward, synth) / 2 ** 20
-            results[stage, variant] = (sec, mem)
-            rows.append(f"| {stage} | {variant} | {sec:.3f} | {mem:.1f} |")
-        (ts, ms), (tn, mn) = results[stage, "decomposed"], results[stage, "naive (original)"]
-        rows.append(f"| {stage} | **naive / decomposed** | **{tn / ts:.1f}×** | "
-                    f"**{mn / ms:.1f}×** |")
+            results[stage, variant] = (wall, cpu, mem)
+            rows.append(f"| {stage} | {variant} | {wall:.3f} | {cpu:.3f} | {mem:.1f} |")
+        fast, slow = results[stage, "decomposed"], results[stage, "naive (original)"]
+        ratios = " | ".join(f"**{n / d:.1f}×**" for n, d in zip(slow, fast))
+        rows.append(f"| {stage} | **naive / decomposed** | {ratios} |")
     return rows
 
 
@@ -131,17 +141,17 @@ def main() -> None:
     tiny = preset("tiny")
     paper = preset("paper", high_res=True)
     print(f"torch {torch.__version__}, {args.threads} threads, T = {args.words} words, "
-          f"vocabulary {VOCAB}\n")
+          f"vocabulary {VOCAB}, load average at start {os.getloadavg()[0]:.1f}\n")
 
     if args.quick:
         cases = [("tiny", tiny, 96, 1, 1), ("tiny", tiny, 96, 8, 1)]
         synth_args = (tiny, 128, 1, 9, args.words, 1)
         configs = {"tiny (high-res)": tiny}
     else:
-        cases = [("tiny", tiny, s, b, 3) for s in (96, 128, 256) for b in (1, 8)]
+        cases = [("tiny", tiny, s, b, 5) for s in (96, 128, 256) for b in (1, 8)]
         cases += [("tiny", tiny, 96, 32, 5), ("tiny", tiny, 128, 32, 3)]
         cases += [("paper (high-res)", paper, 320, 1, 2), ("paper (high-res)", paper, 320, 8, 1)]
-        synth_args = (paper, 2688, 1, 100, args.words, 2)  # dpn92 at 320²: 10×10 cells
+        synth_args = (paper, 2688, 1, 100, args.words, 4)  # dpn92 at 320²: 10×10 cells
         configs = {"paper (high-res)": paper, "tiny (high-res)": tiny}
 
     print("## Parameters\n")
@@ -150,6 +160,7 @@ def main() -> None:
     print("\n".join(synthesis_comparison(*synth_args)) + "\n")
     print("## Training step (forward + backward, BCE-like loss on both outputs)\n")
     print("\n".join(throughput(cases, args.words)))
+    print(f"\nload average at end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
