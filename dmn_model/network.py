@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -102,7 +104,7 @@ class DMN(nn.Module):
             raise ValueError(f"lengths must be in 1..{steps} (tokens.shape[1]), "
                              f"got {lengths.tolist()}")
         frozen = self.config.freeze and torch.is_grad_enabled()
-        with torch.no_grad() if frozen else torch.enable_grad():
+        with torch.no_grad() if frozen else contextlib.nullcontext():
             features = self.backbone(images)
             multimodal = self._multimodal(features[-1], tokens, lengths)
             lowres = self.collapse(multimodal)

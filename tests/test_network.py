@@ -49,6 +49,8 @@ def test_sentence_output_does_not_depend_on_padding(lstm):
         noisy = tokens.clone()
         noisy[tokens == 0] = 7
         torch.testing.assert_close(model(model.normalize(images), noisy, lengths), batched)
+        _, lowres = model(model.normalize(images), tokens, lengths, return_aux=True)
+    assert not lowres.requires_grad  # no_grad reaches every module
 
 
 def test_all_trainable_parameters_get_gradients():
