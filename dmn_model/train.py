@@ -188,9 +188,17 @@ def init_weights_from(model: DMN, path: str, vocab_sha: str, log: Callable[[str]
         f"({len(own) - len(matching)} new, e.g. {sorted(set(own) - set(matching))[:3]})")
 
 
+@dataclass
+class TrainResult:
+    model: DMN  # the trained model (bare, on its device; this rank's replica under DDP)
+    step: int
+    run_dir: Path
+    metrics: dict  # the last evaluation's row of metrics.jsonl ({} without --val-split)
+
+
 def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.device, *,
-          resume: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Train ``model_cfg`` as ``cfg`` says; return the last evaluation's metrics (or {}).
+          resume: bool = False, log: Callable[[str], None] = print) -> TrainResult:
+    """Train ``model_cfg`` as ``cfg`` says.
 
     With ``resume``, ``cfg.out`` must hold a run: model, optimizer, step, RNG states and
     metrics.jsonl continue from its ``last.pt``.
@@ -308,8 +316,9 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
     train_model.train()
     while step < total_steps:
         epoch = step // steps_per_epoch
-        batches = iter(loader)  # one epoch of the stream (reshuffled per epoch by the loader)
-        # Resuming mid-epoch: skip the micro-batches the killed run already used.
+        loader.set_epoch(epoch)  # the epoch's shard draws and shuffles follow from (seed, epoch)
+        batches = iter(loader)
+        # Resuming mid-epoch: skip the micro-batches the killed run already used (same stream).
         for _ in range((step - epoch * steps_per_epoch) * cfg.accum_iters):
             next(batches)
         while step < total_steps and step // steps_per_epoch == epoch:
@@ -379,7 +388,7 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
         if records:
             plot_curves(records, curves_path)
         log(f"done: {step} steps; checkpoints in {ck.checkpoint_dir(out)}")
-    return broadcast_from_main(last_metrics, info)
+    return TrainResult(model=model, step=step, run_dir=out, metrics=last_metrics)
 
 
 def _rewrite_jsonl(path: Path, rows: list[dict]) -> None:

@@ -1,0 +1,146 @@
+"""The training loop on tiny toy shards: a smoke run, the LR schedule, resume after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dmn_data.build import BuildConfig, ToyOptions, build
+from dmn_model import DMN, DMNConfig
+from dmn_model.checkpoint import load_checkpoint
+from dmn_model.distributed import DistInfo
+from dmn_model.train import TrainConfig, lr_at, model_config, train, train_config
+
+SIZE = 64
+
+
+def make_shards(root: Path) -> Path:
+    """A real toy build: 32 train / 8 val / 8 test images at 64 px, several shards per split."""
+    build(BuildConfig(dataset="toy", out=root, shard_size=8,
+                      toy=ToyOptions(train=32, val=8, test=8, size=SIZE)),
+          progress=False, log=lambda m: None)
+    return root / "toy"
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_shards(tmp_path_factory.mktemp("shards"))
+
+
+def tiny_configs(shards: Path, out: Path, **overrides) -> tuple[TrainConfig, DMNConfig]:
+    cfg = train_config("tiny", str(shards), out=str(out), size=SIZE, batch_size=8, workers=0,
+                       log_every=2, eval_every=4, eval_batch_size=8, progress=False,
+                       **overrides)
+    return cfg, model_config("tiny")
+
+
+def test_lr_is_a_pure_function_of_the_step():
+    cfg = TrainConfig(shards="x", lr=1e-3, warmup_steps=4, schedule="cosine", min_lr=1e-5)
+    lrs = [lr_at(s, cfg, 20) for s in range(20)]
+    assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert lrs[4] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+    assert lr_at(20, cfg, 20) == pytest.approx(1e-5)
+    assert lrs == [lr_at(s, cfg, 20) for s in range(20)]
+    constant = TrainConfig(shards="x", lr=1e-5)
+    assert {lr_at(s, constant, 100) for s in range(100)} == {1e-5}
+
+
+def test_bad_settings_name_the_flag():
+    with pytest.raises(ValueError, match="--accum-iters"):
+        TrainConfig(shards="x", accum_iters=0)
+    with pytest.raises(ValueError, match="--schedule"):
+        TrainConfig(shards="x", schedule="step")
+    with pytest.raises(ValueError, match="--preset"):
+        train_config("huge", "x")
+
+
+def test_smoke_training(shards, tmp_path):
+    out = tmp_path / "runs" / "smoke"
+    cfg, model_cfg = tiny_configs(shards, out, steps=8)
+    result = train(cfg, model_cfg, DistInfo(), torch.device("cpu"), log=lambda m: None)
+    assert result.step == 8
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [2, 4, 6, 8]
+    assert losses[-1] < losses[0]  # BCE from ~0.69 falls fast at lr 1e-3
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [4, 8]
+    assert all(0 <= r["overall_iou"] <= 1 and r["sentences"] > 0 for r in evals)
+
+    for name in ("config.json", "curves.png", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (out / name).is_file(), name
+    assert (out.parent / "latest").resolve() == out.resolve()
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["steps"] == 8 and config["model"]["backbone"] == "tiny_cnn"
+
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 8 and ckpt["train_config"]["size"] == SIZE
+    assert ckpt["vocab_sha256"] == json.loads((shards / "manifest.json").read_text())["vocab"]["sha256"]
+    model = DMN(DMNConfig.from_dict(ckpt["model_config"]), ckpt["vocab_size"])
+    model.load_state_dict(ckpt["model"])
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, result.model.state_dict()[k])
+    model.eval()
+    tokens = torch.tensor([[2, 3, 0], [4, 5, 6]])
+    logits = model(model.normalize(torch.zeros(2, 3, SIZE, SIZE, dtype=torch.uint8)), tokens,
+                   torch.tensor([2, 3]))
+    assert logits.shape == (2, 1, SIZE, SIZE)
+
+
+def test_existing_run_needs_resume(shards, tmp_path):
+    out = tmp_path / "run"
+    cfg, model_cfg = tiny_configs(shards, out, steps=1, val_split=None)
+    train(cfg, model_cfg, DistInfo(), torch.device("cpu"), log=lambda m: None)
+    with pytest.raises(Exception, match="--resume"):
+        train(cfg, model_cfg, DistInfo(), torch.device("cpu"), log=lambda m: None)
+
+
+def _cli(shards: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "dmn_model.cli_train", "--shards", str(shards), "--preset", "tiny",
+            "--size", str(SIZE), "--batch-size", "8", "--steps", str(steps), "--workers", "0",
+            "--log-every", "1", "--save-every", "1", "--eval-every", "4", "--eval-batches", "1",
+            "--no-progress", "--out", str(out), *extra]
+
+
+def test_resume_after_sigkill_continues_the_same_run(shards, tmp_path):
+    steps = 10
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # Reference: the same run without interruption.
+    subprocess.run(_cli(shards, tmp_path / "straight", steps), check=True, env=env,
+                   capture_output=True, timeout=120)
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(shards, out, steps), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("step      3/"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = load_checkpoint(out / "checkpoints" / "last.pt")["step"]
+    assert 2 <= killed_at < steps
+
+    resumed = subprocess.run(_cli(shards, out, steps, "--resume"), env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming at step {killed_at}" in resumed.stderr
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in rows if r["kind"] == "train"]
+    assert train_steps == list(range(1, steps + 1))  # continued: no restart, no duplicates
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [4, 8, 10]
+
+    # Same data order, RNG and optimizer state: the resumed run ends where the straight one does.
+    final = load_checkpoint(out / "checkpoints" / "last.pt")
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    assert final["step"] == straight["step"] == steps
+    for k, v in straight["model"].items():
+        torch.testing.assert_close(final["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
