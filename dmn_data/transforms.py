@@ -30,9 +30,9 @@ def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
 def decode_resized(data: bytes, height: int, width: int, size: int) -> np.ndarray:
     """The image in ``data`` as ``(h', w', 3) uint8`` RGB, longest side ``size`` (bilinear).
 
-    A JPEG is decoded in draft mode: libjpeg scales by 1/2, 1/4 or 1/8 while decoding (only when
-    the result stays at least the target size, i.e. when shrinking by ≥ 2×), which skips most of the
-    IDCT work. EXIF orientation is ignored on purpose: the annotations use the stored pixel grid.
+    A JPEG is decoded in draft mode: libjpeg scales by 1/2, 1/4 or 1/8 while decoding (the largest
+    factor that keeps the result at least ``h' × w'``, so only when shrinking by ≥ 2×), which skips
+    most of the IDCT work. EXIF orientation is ignored on purpose: annotations use the stored grid.
 
     Raises:
         ValueError: the image is not ``width × height`` as the annotation says.
@@ -41,17 +41,31 @@ def decode_resized(data: bytes, height: int, width: int, size: int) -> np.ndarra
     with Image.open(io.BytesIO(data)) as im:
         if im.size != (width, height):
             raise ValueError(f"image is {im.size[0]}x{im.size[1]}, its annotation says {width}x{height}")
-        if im.format == "JPEG":
-            im.draft("RGB", (tw, th))
+        scale = _draft_scale(height, width, th, tw)
+        if im.format == "JPEG" and scale > 1:
+            # PIL picks the factor from integer quotients: asking for (w // scale, h // scale) gets
+            # exactly ``scale`` (asking for (w', h') misses it for odd sizes, e.g. 427 → 214).
+            im.draft("RGB", (width // scale, height // scale))
         rgb = im.convert("RGB")
     if rgb.size != (tw, th):
         rgb = rgb.resize((tw, th), Image.BILINEAR)
     return np.asarray(rgb)
 
 
+def _draft_scale(height: int, width: int, th: int, tw: int) -> int:
+    """The largest JPEG DCT scaling factor whose output (ceil(h / s), ceil(w / s)) still covers
+    ``(th, tw)``."""
+    return next(s for s in (8, 4, 2, 1) if s == 1 or (height // s >= 1 and width // s >= 1
+                                                       and -(-height // s) >= th and -(-width // s) >= tw))
+
+
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """``(h, w) uint8`` 0/1 mask → ``(h', w') uint8`` 0/1, nearest neighbour (stays binary)."""
     th, tw = resized_shape(mask.shape[0], mask.shape[1], size)
+    if mask.flags.f_contiguous and not mask.flags.c_contiguous:
+        # pycocotools decodes column-major: resizing the (C-contiguous) transpose saves a copy;
+        # nearest neighbour maps each axis independently, so the result is the same
+        return np.asarray(Image.fromarray(mask.T).resize((th, tw), Image.NEAREST)).T
     return np.asarray(Image.fromarray(mask).resize((tw, th), Image.NEAREST))
 
 
@@ -138,7 +152,7 @@ def make_example(item: dict, size: int, mirror: Mirror | None, rng: random.Rando
     ids, raw, rle = item["ids"], item["raw"], item["mask"]
     if mirror is not None and rng is not None and rng.random() < 0.5 and mirror.can_flip(item["tokens"]):
         image = image[:, ::-1]
-        full = np.ascontiguousarray(full[:, ::-1])
+        full = np.asfortranarray(full[:, ::-1])
         ids, raw, rle = mirror.ids(ids), mirror.raw(raw), encode_rle(full)
     return Example(image=image, mask=resize_mask(full, size), ids=list(ids), orig_size=(h, w),
                    image_id=item["image_id"], ref_id=item["ref_id"], sent_id=item["sent_id"],
@@ -150,20 +164,20 @@ def collate(examples: list[Example], size: int) -> dict:
     contract in :mod:`dmn_data.stream`."""
     b = len(examples)
     longest = max(len(e.ids) for e in examples)
-    image = np.zeros((b, size, size, 3), dtype=np.uint8)
+    image = np.zeros((b, 3, size, size), dtype=np.uint8)
     mask = np.zeros((b, size, size), dtype=np.uint8)
     valid = np.zeros((b, size, size), dtype=bool)
     tokens = np.full((b, longest), PAD_ID, dtype=np.int64)
     resized = np.zeros((b, 2), dtype=np.int64)
     for i, e in enumerate(examples):
         h, w = e.mask.shape
-        image[i, :h, :w] = e.image
+        image[i, :, :h, :w] = e.image.transpose(2, 0, 1)
         mask[i, :h, :w] = e.mask
         valid[i, :h, :w] = True
         tokens[i, :len(e.ids)] = e.ids
         resized[i] = (h, w)
     return {
-        "image": torch.from_numpy(image).permute(0, 3, 1, 2).contiguous(),
+        "image": torch.from_numpy(image),
         "valid": torch.from_numpy(valid),
         "mask": torch.from_numpy(mask),
         "tokens": torch.from_numpy(tokens),
