@@ -13,8 +13,10 @@ Mean IoU (the mean of per-sentence IoU, as text_objseg reports it) is added. A s
 U = 0 (empty mask, empty prediction) has IoU 0: the original's 0/0 = NaN never passed a precision
 cut, and 0 keeps the mean finite.
 
-Everything here is a sum over sentences, so the state of :class:`IoUAccumulator` can be
-all-reduced across ranks and rebuilt exactly from stored per-sentence I and U.
+Everything here is a sum of integers over sentences (per-sentence IoU in fixed point, units of
+2**-32), so the state of :class:`IoUAccumulator` all-reduces across ranks and is rebuilt from
+stored per-sentence I and U with bit-identical results, whatever the batch size, sentence order
+or number of ranks.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from torch import Tensor
 SWEEP_THRESHOLDS: tuple[float, ...] = tuple(float(t) for t in np.arange(0.0, 0.96, 0.025))
 #: IoU cuts of precision@X.
 PRECISION_CUTS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
+#: Per-sentence IoU is summed as an integer number of 2**-32 units: exact and order-independent.
+_IOU_UNIT = 2.0 ** 32
 
 
 def intersection_union(prob: Tensor, target: Tensor, thresholds: Tensor) -> tuple[Tensor, Tensor]:
@@ -72,8 +76,9 @@ def per_sentence_iou(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
 class IoUAccumulator:
     """Running sums over sentences for a set of thresholds (the sweep + the fixed one).
 
-    State (all sums, so ranks combine with one all-reduce): Σ I and Σ U per threshold, Σ IoU per
-    threshold, the count of sentences with IoU >= each cut per threshold, and the sentence count.
+    State (all integer sums, so ranks combine with one all-reduce): Σ I and Σ U per threshold,
+    Σ IoU per threshold (fixed point), the count of sentences with IoU >= each cut per threshold,
+    and the sentence count.
     """
 
     def __init__(self, thresholds: tuple[float, ...] | list[float]) -> None:
@@ -81,7 +86,7 @@ class IoUAccumulator:
         k = len(self.thresholds)
         self.inter = np.zeros(k, dtype=np.int64)
         self.union = np.zeros(k, dtype=np.int64)
-        self.iou_sum = np.zeros(k, dtype=np.float64)
+        self.iou_sum = np.zeros(k, dtype=np.int64)  # units of 2**-32
         self.hits = np.zeros((len(PRECISION_CUTS), k), dtype=np.int64)
         self.count = 0
 
@@ -92,26 +97,25 @@ class IoUAccumulator:
         iou = per_sentence_iou(inter, union)
         self.inter += inter.sum(0)
         self.union += union.sum(0)
-        self.iou_sum += iou.sum(0)
+        self.iou_sum += np.rint(iou * _IOU_UNIT).astype(np.int64).sum(0)
         for c, cut in enumerate(PRECISION_CUTS):
             self.hits[c] += (iou >= cut).sum(0)
         self.count += inter.shape[0]
 
     def state_tensor(self) -> Tensor:
-        """All sums in one float64 tensor (for ``all_reduce``); exact for counts below 2**53."""
+        """All sums in one int64 tensor (for ``all_reduce``)."""
         return torch.from_numpy(np.concatenate([
-            self.inter.astype(np.float64), self.union.astype(np.float64), self.iou_sum,
-            self.hits.reshape(-1).astype(np.float64), np.array([self.count], dtype=np.float64)]))
+            self.inter, self.union, self.iou_sum, self.hits.reshape(-1),
+            np.array([self.count], dtype=np.int64)]))
 
     def load_state_tensor(self, state: Tensor) -> None:
         """Inverse of :meth:`state_tensor` (after an all-reduce, the sums over ranks)."""
-        s = state.detach().cpu().numpy()
+        s = state.detach().cpu().numpy().astype(np.int64)
         k, c = len(self.thresholds), len(PRECISION_CUTS)
-        self.inter = np.rint(s[:k]).astype(np.int64)
-        self.union = np.rint(s[k:2 * k]).astype(np.int64)
+        self.inter, self.union = s[:k].copy(), s[k:2 * k].copy()
         self.iou_sum = s[2 * k:3 * k].copy()
-        self.hits = np.rint(s[3 * k:3 * k + c * k]).astype(np.int64).reshape(c, k)
-        self.count = int(round(s[-1]))
+        self.hits = s[3 * k:3 * k + c * k].reshape(c, k).copy()
+        self.count = int(s[-1])
 
     def at(self, index: int) -> dict:
         """Metrics at threshold ``self.thresholds[index]``."""
@@ -119,7 +123,7 @@ class IoUAccumulator:
         return {
             "threshold": self.thresholds[index],
             "overall_iou": float(self.inter[index] / self.union[index]) if self.union[index] else 0.0,
-            "mean_iou": float(self.iou_sum[index] / n),
+            "mean_iou": float(self.iou_sum[index] / _IOU_UNIT / n),
             "precision": {f"{cut:.1f}": float(self.hits[c, index] / n)
                           for c, cut in enumerate(PRECISION_CUTS)},
         }

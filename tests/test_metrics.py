@@ -69,7 +69,7 @@ def test_against_reference(seed):
     for j in range(len(thresholds)):
         got = acc.at(j)
         assert got["overall_iou"] == pytest.approx(ref_overall[j], abs=1e-12)
-        assert got["mean_iou"] == pytest.approx(ref_mean[j], abs=1e-12)
+        assert got["mean_iou"] == pytest.approx(ref_mean[j], abs=1e-9)  # fixed point 2**-32
         for c, cut in enumerate(PRECISION_CUTS):
             assert got["precision"][f"{cut:.1f}"] == pytest.approx(ref_prec[c, j], abs=1e-12)
 
@@ -107,10 +107,7 @@ def test_accumulator_state_round_trip_is_a_sum():
     b.update(inter[4:], union[4:])
     merged = IoUAccumulator(thresholds)
     merged.load_state_tensor(a.state_tensor() + b.state_tensor())
-    got, want = summarize(merged, 0.5), summarize(whole, 0.5)
-    assert got["sweep"]["overall_iou"] == want["sweep"]["overall_iou"]
-    assert got["fixed"]["precision"] == want["fixed"]["precision"]
-    assert got["sweep"]["mean_iou"] == pytest.approx(want["sweep"]["mean_iou"], abs=1e-12)
+    assert summarize(merged, 0.5) == summarize(whole, 0.5)  # exact: integer sums
 
 
 def test_bad_threshold():
