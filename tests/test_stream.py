@@ -268,3 +268,18 @@ def test_real_builder_output_streams(tmp_path):
     ids = Counter(int(e["sent_id"]) for e in _examples(loader))
     assert sum(ids.values()) == manifest["splits"]["val"]["sentences"] and set(ids.values()) == {1}
     assert loader.vocab[:2] == ["<pad>", "<unk>"] and loader.manifest["dataset"] == "toy"
+
+
+def test_draft_decode_hits_the_exact_size_for_odd_shapes():
+    from dmn_data.transforms import decode_resized
+
+    yy, xx = np.mgrid[0:427, 0:640]
+    pixels = np.stack([xx * 255 // 639, yy * 255 // 426, (xx // 40 + yy // 40) % 2 * 200], -1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=95)
+    out = decode_resized(buf.getvalue(), 427, 640, 320)
+    assert out.shape == (214, 320, 3) and out.dtype == np.uint8
+    full = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB").resize((320, 214), Image.BILINEAR))
+    assert np.abs(out.astype(int) - full.astype(int)).mean() < 3
+    with pytest.raises(ValueError, match="annotation says 640x480"):
+        decode_resized(buf.getvalue(), 480, 640, 320)
