@@ -30,10 +30,17 @@ allows it: image, mask and ``mask_rle`` are flipped and left/right words swapped
 ``sentence`` (see :class:`dmn_data.transforms.Mirror`). The valid region stays top-left.
 
 Evaluation (``train=False``) yields every sentence of the split exactly once (shards split by rank,
-then by worker), in the same order on every run with the same settings, last partial batches kept.
+then by worker; workers clamped to this rank's shards), in the same order on every run with the
+same settings; each worker batches its own shards, so each worker's last partial batch is kept
+(``len()`` counts them). A rank with no shard yields nothing (the evaluator sums I and U over ranks).
 Training reads shards resampled with replacement, seeded by ``seed`` + epoch + rank + worker, and
 yields exactly ``len(loader)`` batches per epoch on every rank — computed from the manifest's
-sentence counts, so ranks never disagree and no shard is scanned to know an epoch's length.
+sentence counts, so ranks never disagree and no shard is scanned to know an epoch's length. The
+batches are a function of (``seed``, epoch, ``rank``, ``workers``, the shards): a resumed run that
+calls ``set_epoch`` and skips the batches it already used sees the same stream.
+
+Local directories only (a ``://`` location is refused with a DataError). Memory per worker is the
+shuffle buffer of still-encoded examples (examples of one image share its bytes) plus a few batches.
 """
 
 from __future__ import annotations
@@ -47,7 +54,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
