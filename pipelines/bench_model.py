@@ -136,6 +136,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes only, a few seconds")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--words", type=int, default=15, help="sentence length T")
+    parser.add_argument("--section", choices=["all", "params", "synthesis", "throughput"],
+                        default="all", help="run one table only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tiny = preset("tiny")
@@ -151,15 +153,18 @@ def main() -> None:
         cases = [("tiny", tiny, s, b, 5) for s in (96, 128, 256) for b in (1, 8)]
         cases += [("tiny", tiny, 96, 32, 5), ("tiny", tiny, 128, 32, 3)]
         cases += [("paper (high-res)", paper, 320, 1, 2), ("paper (high-res)", paper, 320, 8, 1)]
-        synth_args = (paper, 2688, 1, 100, args.words, 4)  # dpn92 at 320²: 10×10 cells
+        synth_args = (paper, 2688, 8, 100, args.words, 2)  # dpn92 at 320²: 10×10 cells
         configs = {"paper (high-res)": paper, "tiny (high-res)": tiny}
 
-    print("## Parameters\n")
-    print("\n".join(param_table(configs)) + "\n")
-    print(f"## Synthesis: decomposed vs naive, T = {args.words}\n")
-    print("\n".join(synthesis_comparison(*synth_args)) + "\n")
-    print("## Training step (forward + backward, BCE-like loss on both outputs)\n")
-    print("\n".join(throughput(cases, args.words)))
+    if args.section in ("all", "params"):
+        print("## Parameters\n")
+        print("\n".join(param_table(configs)) + "\n")
+    if args.section in ("all", "synthesis"):
+        print(f"## Synthesis: decomposed vs naive, T = {args.words}, batch {synth_args[2]}\n")
+        print("\n".join(synthesis_comparison(*synth_args)) + "\n")
+    if args.section in ("all", "throughput"):
+        print("## Training step (forward + backward, loss on both outputs)\n")
+        print("\n".join(throughput(cases, args.words)))
     print(f"\nload average at end {os.getloadavg()[0]:.1f}")
 
 
