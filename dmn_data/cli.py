@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .build import BuildConfig, ToyOptions, build, dataset_dir, resolve_dataset
+from .download import DownloadConfig, download
 from .errors import DataError
 from .inspect import info_rows, show_grid, verify
 
@@ -98,6 +99,38 @@ def build_cmd(
             example = (manifest["skipped_examples"].get(reason) or [""])[0]
             err_console.print(f"  {reason}: {count}  e.g. {example}", highlight=False)
     console.print(f"next: dmn-train --shards {ddir}", highlight=False)
+
+
+class DownloadDataset(str, Enum):
+    unc = "unc"
+    uncplus = "unc+"
+    gref = "gref"
+    gref_umd = "gref-umd"
+    referit = "referit"
+
+
+@app.command("download")
+@user_errors
+def download_cmd(
+    dataset: Annotated[list[DownloadDataset], typer.Option(help="Dataset to fetch; repeat for several (shared files, e.g. COCO train2014, are fetched once).")],
+    data_root: Annotated[Path, typer.Option(help="Raw files go here, in the layout dmn-data build reads.")] = Path("data"),
+    mirror: Annotated[Optional[str], typer.Option(help="Base URL tried first for every file (the file name is appended), e.g. a local mirror.")] = None,
+    retries: Annotated[int, typer.Option(help="Extra attempts per location; an interrupted transfer resumes where it stopped.")] = 2,
+    keep_archives: Annotated[bool, typer.Option(help="Keep the downloaded archives (in <data-root>/downloads/) after extraction.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Download a dataset's raw files (docs/datasets.md lists the sources) into --data-root.
+
+    Files already in place are skipped; an interrupted download resumes when the same command is run again.
+    """
+    import pooch
+
+    pooch.get_logger().setLevel("WARNING")  # the lines below say what is fetched from where
+    cfg = DownloadConfig(datasets=tuple(d.value for d in dataset), data_root=data_root, mirror=mirror,
+                         retries=retries, keep_archives=keep_archives)
+    commands = download(cfg, progress=progress, log=lambda m: err_console.print(m, highlight=False, markup=False, soft_wrap=True))
+    for command in commands:
+        console.print(f"next: {command}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _print_table(ddir: Path) -> None:

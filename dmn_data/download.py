@@ -1,0 +1,221 @@
+"""``dmn-data download``: fetch a dataset's raw archives and lay them out as ``dmn-data build`` expects.
+
+For each archive the dataset needs (sources.py; shared ones such as COCO train2014 once):
+skip it when its target folder is already there → otherwise try ``--mirror`` then every known
+location in turn: pooch fetches into ``<data-root>/downloads/`` with :class:`ResumingDownloader`
+(continues a ``.part`` file left by an interrupted run) and checks the checksum; the size is checked
+too → extract into a temporary folder inside ``downloads/`` → rename the archive's folder into place
+(one rename: a target folder is either complete or absent) → write ``downloads/<name>.json``
+(the marker: where it came from, its size and SHA-256) → delete the archive unless asked to keep it.
+When every location fails, the error names the file, each location and its error, and the manual step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pooch
+import requests
+from tqdm import tqdm
+
+from . import sources
+from .errors import DataError
+from .sources import PLACE_BY_HAND, Archive
+
+DOWNLOADS = "downloads"
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    datasets: tuple[str, ...]  # keys of sources.DATASET_ARCHIVES
+    data_root: Path = Path("data")
+    mirror: str | None = None  # base URL tried first for every file (file name appended)
+    retries: int = 2  # extra attempts per location; an interrupted transfer resumes where it stopped
+    keep_archives: bool = False  # keep downloads/<archive> after extraction
+    timeout: float = 60.0  # seconds to connect, and between two received chunks
+
+
+class ResumingDownloader:
+    """A pooch downloader that continues ``part`` (an earlier, interrupted transfer) with an HTTP
+    ``Range: bytes=N-`` request and appends to it; starts over when the server ignores the range.
+    pooch then checks the checksum of the finished file."""
+
+    def __init__(self, part: Path, size: int | None, *, timeout: float, progress: bool):
+        self.part, self.size, self.timeout, self.progress = part, size, timeout, progress
+
+    def __call__(self, url: str, output_file: str, pooch_instance: object) -> None:
+        have = self.part.stat().st_size if self.part.exists() else 0
+        if self.size is not None and have > self.size:
+            self.part.unlink()
+            have = 0
+        if not (self.size is not None and have == self.size):
+            self._fetch(url, have)
+        got = self.part.stat().st_size
+        if self.size is not None and got != self.size:
+            if got < self.size:  # the server closed early: keep the bytes, the next attempt resumes
+                raise requests.ConnectionError(f"transfer ended after {got} of {self.size} bytes")
+            self.part.unlink()
+            raise ValueError(f"size mismatch: got {got} bytes, expected {self.size}")
+        os.replace(self.part, output_file)
+
+    def _fetch(self, url: str, have: int) -> None:
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        with requests.get(url, headers=headers, stream=True, timeout=self.timeout) as r:
+            if have and r.status_code == 416:  # the partial file does not fit this file: start over
+                self.part.unlink()
+                raise requests.ConnectionError(f"{url}: server refused to resume at byte {have}")
+            r.raise_for_status()
+            if r.status_code != 206:
+                have = 0
+            length = int(r.headers.get("Content-Length", 0))
+            total = have + length if length else self.size
+            with open(self.part, "ab" if have else "wb") as f, tqdm(
+                total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=self.part.name.removesuffix(".part"), disable=not self.progress, dynamic_ncols=True,
+            ) as bar:
+                for chunk in r.iter_content(CHUNK):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+
+
+def locations(archive: Archive, mirror: str | None) -> list[str]:
+    """Where ``archive`` is looked for, in order: the mirror first, then the table's locations."""
+    urls = list(archive.urls)
+    if mirror:
+        urls.insert(0, mirror.rstrip("/") + "/" + urllib.parse.quote(archive.name))
+    return urls
+
+
+def download(
+    cfg: DownloadConfig,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    table: Mapping[str, Archive] | None = None,
+) -> list[str]:
+    """Fetch and extract every archive of ``cfg.datasets`` under ``cfg.data_root``; return the
+    ``dmn-data build`` commands to run next. Raises :class:`DataError` when a file cannot be had."""
+    table = sources.ARCHIVES if table is None else table
+    unknown = [d for d in cfg.datasets if d not in sources.DATASET_ARCHIVES]
+    if unknown or not cfg.datasets:
+        raise DataError(f"--dataset {', '.join(unknown) or '(none)'}: choose from {', '.join(sources.DATASET_ARCHIVES)}")
+    if cfg.retries < 0:
+        raise DataError(f"--retries must be >= 0, got {cfg.retries}")
+    root = Path(cfg.data_root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"--data-root {root} is not a directory")
+    names = list(dict.fromkeys(n for d in cfg.datasets for n in sources.DATASET_ARCHIVES[d]))
+    for name in names:
+        fetch_archive(table[name], root, cfg, progress=progress, log=log)
+    return [f"dmn-data build --dataset {d} --data-root {root}" for d in cfg.datasets]
+
+
+def fetch_archive(archive: Archive, root: Path, cfg: DownloadConfig, *, progress: bool, log: Callable[[str], None]) -> None:
+    target = root / archive.target
+    downloads = root / DOWNLOADS
+    marker = downloads / f"{archive.name}.json"
+    if target.exists():
+        how = "downloaded earlier" if marker.is_file() else "not downloaded by dmn-data; left as it is"
+        log(f"{archive.name}: {target} is already there ({how})")
+        return
+    downloads.mkdir(parents=True, exist_ok=True)
+    path = downloads / archive.name
+    if path.exists() and archive.size is not None and path.stat().st_size != archive.size:
+        log(f"{archive.name}: {path} has {path.stat().st_size} bytes, expected {archive.size}; fetching it again")
+        path.unlink()
+    url = _retrieve(archive, path, cfg, progress=progress, log=log)
+    _extract(archive, path, root, log=log)
+    sha256 = archive.known_hash.split(":")[-1] if archive.known_hash else _sha256(path)  # pooch checked it
+    marker.write_text(json.dumps({"file": archive.name, "url": url or str(path), "size": path.stat().st_size,
+                                  "sha256": sha256, "target": archive.target}, indent=1) + "\n")
+    if not cfg.keep_archives:
+        path.unlink()
+    log(f"{archive.name}: extracted to {target}")
+
+
+def _retrieve(archive: Archive, path: Path, cfg: DownloadConfig, *, progress: bool, log: Callable[[str], None]) -> str | None:
+    """Download ``archive`` to ``path`` (or keep the copy already there when it checks out); return
+    the URL used, None for a kept copy."""
+    if path.exists():
+        if archive.known_hash is None or _sha256(path) == archive.known_hash.split(":")[-1]:
+            log(f"{archive.name}: using {path}")
+            return None
+        log(f"{archive.name}: {path} does not match its checksum; fetching it again")
+        path.unlink()
+    part = path.with_name(path.name + ".part")
+    downloader = ResumingDownloader(part, archive.size, timeout=cfg.timeout, progress=progress)
+    failures: dict[str, str] = {}  # location -> its last error
+    for url in locations(archive, cfg.mirror):
+        for attempt in range(cfg.retries + 1):
+            before = part.stat().st_size if part.exists() else 0
+            try:
+                log(f"{archive.name}: downloading {url}")
+                pooch.retrieve(url, archive.known_hash, fname=path.name, path=path.parent, downloader=downloader)
+                return url
+            except requests.HTTPError as err:
+                failures[url] = _short(err)
+                if err.response is not None and 400 <= err.response.status_code < 500:
+                    break  # the file is not there: next location
+            except (requests.RequestException, ValueError, OSError) as err:  # incl. checksum mismatch
+                failures[url] = _short(err)
+            if attempt < cfg.retries:
+                grew = part.exists() and part.stat().st_size > before
+                log(f"{archive.name}: {url}: {failures[url]}; retrying" + (" where it stopped" if grew else ""))
+                if not grew:
+                    time.sleep(min(2 ** attempt, 10))
+    kept = f" The partial download {part} is kept and resumed next time." if part.exists() else ""
+    raise DataError(
+        f"could not download {archive.name}; tried {'; '.join(f'{u} ({e})' for u, e in failures.items())}.{kept} "
+        f"By hand: {archive.manual}; {PLACE_BY_HAND.format(archive=path)}"
+    )
+
+
+def _extract(archive: Archive, path: Path, root: Path, *, log: Callable[[str], None]) -> None:
+    """Unzip into a temporary folder inside ``downloads/``, then rename the member folder into place."""
+    downloads = path.parent
+    for stale in downloads.glob(f".extract-{archive.name}-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".extract-{archive.name}-", dir=downloads))
+    try:
+        log(f"{archive.name}: extracting")
+        try:
+            pooch.Unzip(extract_dir=str(tmp))(str(path), "download", None)
+        except Exception as err:  # zipfile raises several types for a damaged archive
+            path.unlink(missing_ok=True)  # a bad archive must be fetched again, not reused
+            raise DataError(f"{archive.name}: cannot extract {path} ({_short(err)}); it was deleted, run the same command again") from None
+        member = tmp / archive.member
+        if not member.is_dir():
+            member = tmp  # the archive holds the folder's contents rather than the folder
+        if not any(member.iterdir()):
+            raise DataError(f"{archive.name}: the archive is empty")
+        target = root / archive.target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(member, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _short(err: BaseException) -> str:
+    """One line for an exception: requests nests the cause several levels deep."""
+    text = " ".join(str(err).split())
+    if isinstance(err, ValueError) and "does not match the known hash" in text:  # pooch's long message
+        return "checksum mismatch: " + text[text.index("expected"):].split(". ")[0]
+    return text if len(text) <= 200 else text[:197] + "..."
