@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -32,7 +33,7 @@ from .errors import DataError
 from .sources import PLACE_BY_HAND, Archive
 
 DOWNLOADS = "downloads"
-CHUNK = 1 << 20
+CHUNK = 1 << 16  # an interrupted read loses at most this much of what it received
 
 
 @dataclass(frozen=True)
@@ -214,8 +215,11 @@ def _sha256(path: Path) -> str:
 
 
 def _short(err: BaseException) -> str:
-    """One line for an exception: requests nests the cause several levels deep."""
-    text = " ".join(str(err).split())
+    """One line for an exception. requests wraps the cause (refused, name not resolved, timed out)
+    in a MaxRetryError; report the cause."""
+    reason = getattr(err.args[0], "reason", None) if err.args else None
+    text = " ".join(str(reason or err).split())
+    text = re.sub(r"<[\w.]+ object at 0x[0-9a-f]+>: ", "", text)
     if isinstance(err, ValueError) and "does not match the known hash" in text:  # pooch's long message
         return "checksum mismatch: " + text[text.index("expected"):].split(". ")[0]
     return text if len(text) <= 200 else text[:197] + "..."
