@@ -20,6 +20,8 @@ import shutil
 import tempfile
 import time
 import urllib.parse
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +69,11 @@ class ResumingDownloader:
                 raise requests.ConnectionError(f"transfer ended after {got} of {self.size} bytes")
             self.part.unlink()
             raise ValueError(f"size mismatch: got {got} bytes, expected {self.size}")
-        os.replace(self.part, output_file)
+        try:  # a hard link keeps the .part should the checksum pass (minutes for COCO) be interrupted
+            os.unlink(output_file)
+            os.link(self.part, output_file)
+        except OSError:
+            os.replace(self.part, output_file)
 
     def _fetch(self, url: str, have: int) -> None:
         headers = {"Range": f"bytes={have}-"} if have else {}
@@ -154,6 +160,7 @@ def _retrieve(archive: Archive, path: Path, cfg: DownloadConfig, *, progress: bo
         log(f"{archive.name}: {path} does not match its checksum; fetching it again")
         path.unlink()
     part = path.with_name(path.name + ".part")
+    _check_space(archive, path.parent, part)
     downloader = ResumingDownloader(part, archive.size, timeout=cfg.timeout, progress=progress)
     failures: dict[str, str] = {}  # location -> its last error
     for url in locations(archive, cfg.mirror):
@@ -162,12 +169,16 @@ def _retrieve(archive: Archive, path: Path, cfg: DownloadConfig, *, progress: bo
             try:
                 log(f"{archive.name}: downloading {url}")
                 pooch.retrieve(url, archive.known_hash, fname=path.name, path=path.parent, downloader=downloader)
+                part.unlink(missing_ok=True)
                 return url
             except requests.HTTPError as err:
                 failures[url] = _short(err)
                 if err.response is not None and 400 <= err.response.status_code < 500:
                     break  # the file is not there: next location
-            except (requests.RequestException, ValueError, OSError) as err:  # incl. checksum mismatch
+            except ValueError as err:  # checksum or size mismatch: the next attempt starts from zero
+                part.unlink(missing_ok=True)
+                failures[url] = _short(err)
+            except (requests.RequestException, OSError) as err:
                 failures[url] = _short(err)
             if attempt < cfg.retries:
                 grew = part.exists() and part.stat().st_size > before
@@ -191,9 +202,11 @@ def _extract(archive: Archive, path: Path, root: Path, *, log: Callable[[str], N
         log(f"{archive.name}: extracting")
         try:
             pooch.Unzip(extract_dir=str(tmp))(str(path), "download", None)
-        except Exception as err:  # zipfile raises several types for a damaged archive
-            path.unlink(missing_ok=True)  # a bad archive must be fetched again, not reused
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:  # a damaged archive
+            path.unlink(missing_ok=True)  # must be fetched again, not reused
             raise DataError(f"{archive.name}: cannot extract {path} ({_short(err)}); it was deleted, run the same command again") from None
+        except OSError as err:  # e.g. a full disk: the archive is fine and kept
+            raise DataError(f"{archive.name}: cannot extract {path} into {downloads} ({_short(err)})") from None
         member = tmp / archive.member
         if not member.is_dir():
             member = tmp  # the archive holds the folder's contents rather than the folder
@@ -204,6 +217,18 @@ def _extract(archive: Archive, path: Path, root: Path, *, log: Callable[[str], N
         os.replace(member, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_space(archive: Archive, folder: Path, part: Path) -> None:
+    """Fail before a long download that cannot fit: the rest of the archive plus its extracted copy."""
+    if archive.size is None:
+        return
+    have = part.stat().st_size if part.exists() else 0
+    need = archive.size - have + archive.size
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise DataError(f"{archive.name}: needs at least {need / 1e9:.1f} GB free in {folder}, "
+                        f"{free / 1e9:.1f} GB are; free some space or choose another --data-root")
 
 
 def _sha256(path: Path) -> str:
