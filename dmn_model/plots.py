@@ -61,9 +61,10 @@ def plot_curves(records: list[dict], path: str | Path) -> None:
 
 
 def _overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
-    """``image`` (H, W, 3) uint8 with ``mask`` (H, W) bool tinted 50 % towards ``color``."""
-    out = image.astype(np.float32)
-    out[mask] = 0.5 * out[mask] + 0.5 * np.asarray(color, dtype=np.float32)
+    """``image`` (H, W, 3) uint8, dimmed outside ``mask`` (H, W) bool and tinted towards
+    ``color`` inside it (dimming keeps the mask visible on objects of the tint's own colour)."""
+    out = image.astype(np.float32) * 0.35
+    out[mask] = 0.5 * image[mask] + 0.5 * np.asarray(color, dtype=np.float32)
     return out.astype(np.uint8)
 
 
@@ -95,6 +96,6 @@ def plot_prediction_grid(rows: list[dict], path: str | Path, threshold: float, t
         axes[i, 2].imshow(_overlay(image, pred, (255, 0, 0)))
         axes[i, 2].set_title(f"prediction (IoU {row['iou']:.2f})", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the suptitle
     _save(fig, Path(path))
     plt.close(fig)
