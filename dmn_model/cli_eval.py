@@ -31,7 +31,9 @@ Opt = typer.Option
 @user_errors
 def eval_cmd(
     split: Annotated[Optional[str], Opt(help="Split to evaluate, e.g. val, testA.")] = None,
-    run: Annotated[Optional[Path], Opt(help="Run directory [default: runs/latest].")] = None,
+    run: Annotated[Optional[Path], Opt("--run", "--run-dir", help="Run directory [default: "
+                                       "runs/latest]. Under torchrun spell it --run-dir (torchrun "
+                                       "takes --run for its --run-path).")] = None,
     checkpoint: Annotated[Optional[Path], Opt(help="Checkpoint file [default: the run's best.pt, else last.pt].")] = None,
     shards: Annotated[Optional[Path], Opt(help="Dataset folder [default: the one the run trained on].")] = None,
     size: Annotated[Optional[int], Opt(help="Model input side [default: the training size].")] = None,
