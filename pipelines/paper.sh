@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The DMN paper schedule for one dataset: build → low-res training → high-res stage (initialised
+# from the low-res best.pt) → evaluation on every split → a table next to the original DMN numbers.
+#
+#   pipelines/paper.sh DATASET [--data-root data] [--shards shards] [--runs runs] [--nproc N]
+#                      [--allow-cpu] [-- extra dmn-train flags for both stages]
+#
+# DATASET: unc, unc+, gref, referit (gref-umd works too, with no published DMN number).
+# --nproc N > 1 runs both stages under `torchrun --standalone --nproc_per_node N` (one node).
+# The first step checks the inputs and says exactly what is missing; nothing long starts before.
+set -euo pipefail
+
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 1 ] || usage
+dataset=$1; shift
+data_root=data shards=shards runs=runs nproc=1 allow_cpu=0 extra=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --data-root) data_root=$2; shift 2 ;;
+    --shards) shards=$2; shift 2 ;;
+    --runs) runs=$2; shift 2 ;;
+    --nproc) nproc=$2; shift 2 ;;
+    --allow-cpu) allow_cpu=1; shift ;;
+    --) shift; extra=("$@"); break ;;
+    -h|--help) usage ;;
+    *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+case $dataset in
+  unc)      refer=refcoco;  split_by=unc;      images=images/mscoco/images/train2014; splits="val testA testB" ;;
+  unc+)     refer=refcoco+; split_by=unc;      images=images/mscoco/images/train2014; splits="val testA testB" ;;
+  gref)     refer=refcocog; split_by=google;   images=images/mscoco/images/train2014; splits="val" ;;
+  gref-umd) refer=refcocog; split_by=umd;      images=images/mscoco/images/train2014; splits="val test" ;;
+  referit)  refer=refclef;  split_by=berkeley; images=images/saiapr_tc-12;            splits="test" ;;
+  *) echo "error: unknown dataset '$dataset'; choose from unc, unc+, gref, gref-umd, referit" >&2; exit 2 ;;
+esac
+dir=$shards/${dataset//+/plus}
+name=${dataset//+/plus}
+
+# ---- 1. inputs ------------------------------------------------------------------------------
+missing=()
+if [ ! -f "$dir/manifest.json" ]; then
+  if [ "$dataset" = referit ] && [ -d "$data_root/referit" ]; then
+    for p in referit/images referit/mask; do [ -d "$data_root/$p" ] || missing+=("$data_root/$p/"); done
+  else
+    for p in "$refer/refs($split_by).p" "$refer/instances.json"; do [ -f "$data_root/$p" ] || missing+=("$data_root/$p"); done
+    [ -n "$(ls -A "$data_root/$images" 2>/dev/null | head -1)" ] || missing+=("$data_root/$images/ (images)")
+  fi
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "error: $dataset: missing raw files (and no built shards at $dir):" >&2
+  printf '  %s\n' "${missing[@]}" >&2
+  echo "  get them with: dmn-data download --dataset $dataset --data-root $data_root" >&2
+  exit 2
+fi
+if [ $allow_cpu = 0 ] && ! python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+  echo "error: no CUDA GPU visible: the paper preset (dpn92 at 512 px) needs one; pass --allow-cpu to run anyway" >&2
+  exit 2
+fi
+if [ "$nproc" -gt 1 ]; then
+  train=(torchrun --standalone --nproc_per_node "$nproc" "$(command -v dmn-train)")
+  evaluate=(torchrun --standalone --nproc_per_node "$nproc" "$(command -v dmn-eval)")
+else
+  train=(dmn-train); evaluate=(dmn-eval)
+fi
+set -x
+
+# ---- 2. shards (a no-op when they are built) ------------------------------------------------
+dmn-data build --dataset "$dataset" --data-root "$data_root" --out "$shards"
+
+# ---- 3. low-res stage (the original README: dpn92, K=10, 3 language layers, mix-we) ---------
+low=$runs/$name-low
+if [ -f "$low/checkpoints/last.pt" ]; then resume=(--resume); else resume=(); fi
+"${train[@]}" --shards "$dir" --preset paper --out "$low" "${resume[@]}" "${extra[@]}"
+
+# ---- 4. high-res stage, from the low-res weights ---------------------------------------------
+high=$runs/$name-high
+init=$low/checkpoints/best.pt; [ -f "$init" ] || init=$low/checkpoints/last.pt
+if [ -f "$high/checkpoints/last.pt" ]; then stage2=(--resume); else stage2=(--init-from "$init"); fi
+"${train[@]}" --shards "$dir" --preset paper --high-res --out "$high" "${stage2[@]}" "${extra[@]}"
+
+# ---- 5. every evaluation split, then the table ------------------------------------------------
+for split in $splits; do
+  "${evaluate[@]}" --run-dir "$high" --split "$split"
+done
+set +x
+python "$(dirname "$0")/paper_table.py" "$dataset" "$high" $splits

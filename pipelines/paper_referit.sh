@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# The DMN paper schedule on referit (see pipelines/paper.sh for the options, e.g. --nproc 8 for torchrun).
+exec "$(dirname "$0")/paper.sh" referit "$@"
