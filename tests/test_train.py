@@ -12,9 +12,10 @@ import torch
 
 from dmn_data.build import BuildConfig, ToyOptions, build
 from dmn_model import DMN, DMNConfig
-from dmn_model.checkpoint import load_checkpoint
+from dmn_model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from dmn_model.distributed import DistInfo
-from dmn_model.train import TrainConfig, lr_at, model_config, train, train_config
+from dmn_model.train import (TrainConfig, init_weights_from, lr_at, model_config, train,
+                             train_config)
 
 SIZE = 64
 
@@ -144,3 +145,21 @@ def test_resume_after_sigkill_continues_the_same_run(shards, tmp_path):
     assert final["step"] == straight["step"] == steps
     for k, v in straight["model"].items():
         torch.testing.assert_close(final["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_init_from_loads_the_low_res_weights(tmp_path):
+    low = DMN(model_config("tiny", high_res=False), 20)
+    payload = {"model": low.state_dict(), "model_config": {}, "vocab_sha256": "a" * 64,
+               "vocab_size": 20}
+    save_checkpoint(tmp_path / "low.pt", payload)
+    high = DMN(model_config("tiny"), 20)
+    lines = []
+    init_weights_from(high, str(tmp_path / "low.pt"), "a" * 64, lines.append)
+    state = high.state_dict()
+    for k, v in low.state_dict().items():
+        assert torch.equal(state[k], v), k
+    new = [k for k in state if k not in low.state_dict()]
+    assert new and all(k.startswith("upsampling.") for k in new)
+    assert f"loaded {len(low.state_dict())}/{len(state)} tensors" in lines[0]
+    with pytest.raises(CheckpointError, match="another vocabulary"):
+        init_weights_from(high, str(tmp_path / "low.pt"), "b" * 64, lines.append)
