@@ -124,9 +124,14 @@ def _read_samples(shards: Iterator[_Shard]) -> Iterator[dict]:
                             "(truncated or replaced?); rebuild it with dmn-data build")
 
 
-def _expand(samples: Iterator[dict]) -> Iterator[dict]:
+def _expand(samples: Iterator[dict], *, ablate_language: bool = False) -> Iterator[dict]:
     """One item per (image, ref, sentence): the image bytes (shared, not decoded yet), the image
-    size, the ref's RLE and the sentence's ids/tokens/raw text."""
+    size, the ref's RLE and the sentence's ids/tokens/raw text.
+
+    With ``ablate_language`` each ref is paired with a sentence of *another* ref of the same image
+    (the next ref, cyclically; images with a single ref are left out), while its own mask stays
+    the target: the language ablation, which a model that reads the words must fail.
+    """
     for sample in samples:
         where = f"shard {sample['__url__']}, sample {sample['__key__']}"
         data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
@@ -134,14 +139,21 @@ def _expand(samples: Iterator[dict]) -> Iterator[dict]:
             raise DataError(f"{where}: needs one of .{'/.'.join(IMAGE_EXTS)} and .{META_EXT}, has {sorted(k for k in sample if not k.startswith('__'))}")
         try:
             meta = json.loads(sample[META_EXT])
-            for ref in meta["refs"]:
-                for sent in ref["sentences"]:
+            refs = meta["refs"]
+            if ablate_language and len(refs) < 2:
+                continue
+            for i, ref in enumerate(refs):
+                for j, sent in enumerate(ref["sentences"]):
                     if not sent["ids"]:
                         raise ValueError(f"sentence {sent['sent_id']} has no tokens")
+                    said = sent
+                    if ablate_language:
+                        other = refs[(i + 1) % len(refs)]["sentences"]
+                        said = other[j % len(other)]
                     yield {"where": where, "data": data, "width": meta["width"], "height": meta["height"],
                            "image_id": meta["image_id"], "ref_id": ref["ref_id"], "mask": ref["mask"],
-                           "sent_id": sent["sent_id"], "ids": sent["ids"], "tokens": sent["tokens"],
-                           "raw": sent["raw"]}
+                           "sent_id": sent["sent_id"], "ids": said["ids"], "tokens": said["tokens"],
+                           "raw": said["raw"]}
         except (ValueError, KeyError, TypeError) as err:
             raise DataError(f"{where}: bad annotation ({type(err).__name__}: {err})") from None
 
@@ -270,7 +282,7 @@ def _check_args(*, size, batch_size, workers, rank, world_size, shuffle_buffer, 
 def make_loader(shards: str | Path, split: str, *, size: int, batch_size: int, train: bool,
                 workers: int = 2, seed: int = 0, rank: int = 0, world_size: int = 1,
                 shuffle_buffer: int = 2000, flip: bool = False, epoch_batches: int | None = None,
-                pin_memory: bool = False) -> Loader:
+                pin_memory: bool = False, ablate_language: bool = False) -> Loader:
     """Batches of ``split`` from the shards in ``shards`` (a built dataset directory, or its manifest).
 
     Args:
@@ -284,6 +296,8 @@ def make_loader(shards: str | Path, split: str, *, size: int, batch_size: int, t
         flip: random horizontal flips with left/right words swapped (train only).
         epoch_batches: batches per epoch on each rank (train); default
             ``sentences // (batch_size × world_size)`` (at least 1).
+        ablate_language: evaluation only: pair each ref's mask with another ref's sentence from
+            the same image (single-ref images are left out, so ``len()`` is then an upper bound).
 
     Raises:
         DataError: missing/unfinished/foreign manifest, unknown split, missing shard, bad argument;
@@ -293,6 +307,8 @@ def make_loader(shards: str | Path, split: str, *, size: int, batch_size: int, t
                 shuffle_buffer=shuffle_buffer, epoch_batches=epoch_batches)
     if flip and not train:
         raise DataError("flip=True is for training only (evaluation must see the images as they are)")
+    if ablate_language and train:
+        raise DataError("the language ablation is for evaluation only")
     ddir = _dataset_dir(shards)
     manifest = read_manifest(ddir)
     shard_list = _shard_list(ddir, manifest, split)
@@ -312,7 +328,7 @@ def make_loader(shards: str | Path, split: str, *, size: int, batch_size: int, t
     pipeline = wds.DataPipeline(
         source,  # _Shard: eval → this rank's then this worker's shards in order; train → endless draws
         _read_samples,  # {"__key__", "__url__", "jpg"/"png", "json"}: one image with all its refs
-        _expand,  # one dict per (image, ref, sentence), image still encoded
+        partial(_expand, ablate_language=ablate_language),  # one dict per (image, ref, sentence), image still encoded
         partial(_shuffle, bufsize=shuffle_buffer, source=source) if train else None,  # same, mixed
         partial(_decode, size=size, mirror=mirror, source=source),  # transforms.Example: resized arrays
         wds.batched(batch_size, collation_fn=partial(collate, size=size), partial=True),  # batch dicts

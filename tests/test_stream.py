@@ -283,3 +283,24 @@ def test_draft_decode_hits_the_exact_size_for_odd_shapes():
     assert np.abs(out.astype(int) - full.astype(int)).mean() < 3
     with pytest.raises(ValueError, match="annotation says 640x480"):
         decode_resized(buf.getvalue(), 480, 640, 320)
+
+
+def test_language_ablation_pairs_each_mask_with_another_refs_sentence(ddir):
+    expected = read_expected(ddir, "train")
+    by_image: dict[int, list] = {}
+    for e in expected:
+        by_image.setdefault(e["meta"]["image_id"], []).append(e)
+    got = _examples(make_loader(ddir, "train", size=SIZE, batch_size=4, train=False, workers=0, ablate_language=True))
+    multi = [e for e in expected if len({x["ref"]["ref_id"] for x in by_image[e["meta"]["image_id"]]}) > 1]
+    assert multi, "the fixture needs images with several refs"
+    assert len(got) == len(multi)  # single-ref images are left out, nothing else
+    own = {e["sent"]["sent_id"]: e for e in expected}
+    for e in got:
+        mine = own[int(e["sent_id"])]
+        assert e["mask_rle"] == mine["ref"]["mask"] and int(e["ref_id"]) == mine["ref"]["ref_id"]
+        others = [x for x in by_image[mine["meta"]["image_id"]] if x["ref"]["ref_id"] != mine["ref"]["ref_id"]]
+        said = next(x for x in others if x["sent"]["raw"] == e["sentence"])
+        n = int(e["lengths"])
+        assert e["tokens"][:n].tolist() == said["sent"]["ids"]
+    with pytest.raises(DataError, match="evaluation only"):
+        make_loader(ddir, "train", size=SIZE, batch_size=4, train=True, ablate_language=True)
