@@ -53,9 +53,12 @@ class Synthesis(nn.Module):
                              config.mixed_layers)
 
     def dynamic_filters(self, emb: Tensor, hid: Tensor) -> Tensor:
-        """``emb (T, B, E)``, ``hid (T, B, H)`` → filters ``(T, B, K, C)`` in (0, 1)."""
+        """``emb (T, B, E)``, ``hid (T, B, H)`` → filters ``(B, T, K, C)`` in (0, 1).
+
+        Batch-major so that the response ``bmm`` reads them without a copy.
+        """
         inp = torch.cat([emb, hid], dim=-1) if self.mix_we else hid
-        out = torch.sigmoid(self.filters(inp))
+        out = torch.sigmoid(self.filters(inp.transpose(0, 1)))
         return out.view(*out.shape[:2], self.num_filters, self.channels)
 
     def fused_input(self, vis: Tensor, emb: Tensor, hid: Tensor) -> Tensor:
@@ -75,9 +78,9 @@ class Synthesis(nn.Module):
         w_vis, w_emb, w_hid, w_resp = self.fuse.weight.flatten(1).split(self.split, dim=1)
         visual = torch.matmul(v.transpose(1, 2), w_vis.t())  # (B, P, mixed), once per image
         words = F.linear(emb, w_emb) + F.linear(hid, w_hid, self.fuse.bias)  # (T, B, mixed)
-        filters = self.dynamic_filters(emb, hid)  # (T, B, K, C)
+        filters = self.dynamic_filters(emb, hid)  # (B, T, K, C)
         # All words' response maps in one batched product: (B, T·K, C) @ (B, C, P).
-        responses = torch.bmm(filters.transpose(0, 1).reshape(batch, -1, channels), v)
+        responses = torch.bmm(filters.view(batch, -1, channels), v)
         responses = responses.view(batch, steps, self.num_filters, -1).permute(1, 0, 3, 2)
         return visual + words[:, :, None] + F.linear(responses, w_resp)
 
@@ -121,7 +124,7 @@ def reference_fused_input(synthesis: Synthesis, vis: Tensor, emb: Tensor, hid: T
     per_image = []
     for b in range(batch):
         image = vis[b:b + 1]
-        responses = torch.cat([F.conv2d(image, filters[t, b][:, :, None, None])
+        responses = torch.cat([F.conv2d(image, filters[b, t][:, :, None, None])
                                for t in range(steps)])  # (T, K, h, w)
         lang = torch.cat([emb[:, b], hid[:, b]], dim=-1)[:, :, None, None]
         stacked = torch.cat([image.expand(steps, -1, -1, -1),
