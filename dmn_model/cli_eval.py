@@ -45,6 +45,9 @@ def eval_cmd(
     device: Annotated[Device, Opt(help="auto = this process's GPU if any, else CPU.")] = Device.auto,
     predictions: Annotated[bool, Opt("--predictions/--no-predictions", help="Write predictions.zarr.")] = True,
     grid: Annotated[int, Opt(help="Best and worst examples drawn in best_worst.png (0 = none).")] = 6,
+    ablate_language: Annotated[bool, Opt("--ablate-language", help="Language ablation: pair each "
+                                         "mask with another object's sentence from the same image "
+                                         "(writes to <run>/eval/<split>-ablate-language).")] = False,
     from_predictions: Annotated[Optional[Path], Opt(help="Recompute the metrics from a predictions.zarr, without the model.")] = None,
     progress: Annotated[bool, Opt("--progress/--no-progress", help="Progress bar.")] = True,
 ) -> None:
@@ -60,7 +63,8 @@ def eval_cmd(
                      shards=str(shards) if shards else None, size=size,
                      threshold=0.5 if threshold is None else threshold, batch_size=batch_size,
                      workers=workers, out=str(out) if out else None, device=device.value,
-                     predictions=predictions, grid=grid, progress=progress)
+                     predictions=predictions, grid=grid, ablate_language=ablate_language,
+                     progress=progress)
     info = dist_info_from_env()
     device_ = select_device(info, cfg.device)
     init_process_group(info, device_)
@@ -76,7 +80,8 @@ def eval_cmd(
 def print_table(metrics: dict) -> None:
     """The fixed-threshold and best-of-sweep numbers side by side."""
     fixed, best = metrics["fixed"], metrics["sweep"]["best"]
-    table = Table(title=f"{metrics['split']}: {metrics['sentences']} sentences — "
+    ablation = " (language ablation)" if metrics.get("ablate_language") else ""
+    table = Table(title=f"{metrics['split']}{ablation}: {metrics['sentences']} sentences — "
                         f"{metrics['checkpoint']} (step {metrics['step']})")
     table.add_column("metric")
     table.add_column(f"threshold {fixed['threshold']:g}", justify="right")

@@ -61,6 +61,9 @@ class EvalConfig:
     device: str = "auto"
     predictions: bool = True  # write predictions.zarr
     grid: int = 6  # examples in each half (best, worst) of the PNG grid; 0 = no PNG
+    # Language ablation: each ref's mask paired with another ref's sentence of the same image
+    # (single-ref images left out); a model that reads the words must score far lower.
+    ablate_language: bool = False
     progress: bool = True
 
 
@@ -95,7 +98,8 @@ def resolve(cfg: EvalConfig, ckpt: dict, ckpt_path: Path, run_dir: Path) -> Reso
     size = cfg.size or train_config.get("size")
     if size is None:
         raise CheckpointError(f"{ckpt_path} does not name its input size; pass --size")
-    out = Path(cfg.out) if cfg.out is not None else run_dir / "eval" / cfg.split
+    name = f"{cfg.split}-ablate-language" if cfg.ablate_language else cfg.split
+    out = Path(cfg.out) if cfg.out is not None else run_dir / "eval" / name
     return Resolved(checkpoint=ckpt_path, shards=Path(shards), out=out, size=int(size))
 
 
@@ -312,7 +316,7 @@ def evaluate(cfg: EvalConfig, info: DistInfo, device: torch.device,
     model = model_from_checkpoint(ckpt, str(where.checkpoint)).to(device)
     loader = make_loader(str(where.shards), cfg.split, size=where.size, batch_size=cfg.batch_size,
                          train=False, workers=cfg.workers, rank=info.rank,
-                         world_size=info.world_size)
+                         world_size=info.world_size, ablate_language=cfg.ablate_language)
     if info.is_main:
         where.out.mkdir(parents=True, exist_ok=True)
         log(f"evaluating {where.checkpoint} (step {ckpt.get('step', '?')}) on {where.shards} "
@@ -329,6 +333,7 @@ def evaluate(cfg: EvalConfig, info: DistInfo, device: torch.device,
     metrics = {
         "split": cfg.split, "checkpoint": str(where.checkpoint), "step": ckpt.get("step"),
         "shards": str(where.shards), "size": where.size, "vocab_sha256": ckpt["vocab_sha256"],
+        "ablate_language": cfg.ablate_language,
         **summarize(acc, cfg.threshold),
         "seconds": round(time.time() - start, 3), "world_size": info.world_size,
     }

@@ -155,3 +155,15 @@ def test_errors(shards, tmp_path):
     (other / "vocab.json").write_text(json.dumps(["<pad>", "<unk>", "zebra"]))
     with pytest.raises(CheckpointError, match="vocabulary"):
         evaluate(dataclasses.replace(base, shards=str(other)), DistInfo(), CPU, log=lambda m: None)
+
+
+def test_language_ablation_writes_its_own_folder(shards, tmp_path):
+    run = tmp_path / "runs" / "r"
+    make_run(shards, run)
+    metrics = evaluate(EvalConfig(split="val", run=str(run), workers=0, progress=False, grid=0,
+                                  predictions=False, ablate_language=True),
+                       DistInfo(), CPU, log=lambda m: None)
+    assert metrics["ablate_language"] is True
+    assert (run / "eval" / "val-ablate-language" / "metrics.json").is_file()
+    assert 0 < metrics["sentences"] <= json.loads((shards / "manifest.json").read_text())[
+        "splits"]["val"]["sentences"]
