@@ -195,36 +195,51 @@ def build(cfg: BuildConfig, *, progress: bool = True, log: Callable[[str], None]
                       items=tuple(items[k:k + cfg.shard_size]), vocab_index=index, strict=cfg.strict)
             for k in range(0, len(items), cfg.shard_size)
         ]
-    ctx = multiprocessing.get_context("fork")
-    pool = ctx.Pool(cfg.workers) if cfg.workers > 1 else None
-    try:
-        for split in splits:
-            _run_split(ddir, split, tasks[split], pool, progress)
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+    _write_all(ddir, tasks, cfg.workers, progress)
     manifest = _manifest(cfg, ddir, source, splits, tasks, options, fingerprint, len(vocab), vocab_sha)
     write_json_atomic(ddir / MANIFEST, manifest)
     shutil.rmtree(ddir / STATE_DIR, ignore_errors=True)
     return manifest
 
 
-def _run_split(ddir: Path, split: str, tasks: list[ShardTask], pool, progress: bool) -> None:
-    pending = [t for t in tasks if not (_done_path(ddir, split, Path(t.path).name).is_file() and Path(t.path).is_file())]
-    total = sum(len(t.items) for t in tasks)
-    finished = total - sum(len(t.items) for t in pending)
-    bar = tqdm(total=total, initial=finished, desc=f"{split:>6}", unit="img", disable=not progress, dynamic_ncols=True)
-    sizes = {Path(t.path).name: len(t.items) for t in tasks}
-    results = pool.imap_unordered(write_shard, pending) if pool is not None else map(write_shard, pending)
+# The shard tasks of the running build, read by forked pool workers by index: fork shares them
+# copy-on-write, where sending them with each task would pickle every item through a pipe.
+_TASKS: list[tuple[str, ShardTask]] = []
+
+
+def _write_indexed(i: int) -> tuple[int, ShardStats]:
+    return i, write_shard(_TASKS[i][1])
+
+
+def _write_all(ddir: Path, tasks: dict[str, list[ShardTask]], workers: int, progress: bool) -> None:
+    """Write every unfinished shard of every split through one queue (biggest first, so the
+    workers stay busy across split boundaries), with a progress bar per split."""
+    global _TASKS
+    _TASKS = [(split, t) for split, ts in tasks.items() for t in ts
+              if not (_done_path(ddir, split, Path(t.path).name).is_file() and Path(t.path).is_file())]
+    order = sorted(range(len(_TASKS)), key=lambda i: -len(_TASKS[i][1].items))
+    bars = {}
+    for pos, (split, ts) in enumerate(tasks.items()):
+        total = sum(len(t.items) for t in ts)
+        left = sum(len(t.items) for s, t in _TASKS if s == split)
+        bars[split] = tqdm(total=total, initial=total - left, desc=f"{split:>6}", unit="img", position=pos,
+                           disable=not progress, dynamic_ncols=True)
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 and len(order) > 1 else None
     try:
-        for stats in results:
+        results = pool.imap_unordered(_write_indexed, order) if pool is not None else map(_write_indexed, order)
+        for i, stats in results:
+            split, task = _TASKS[i]
             write_json_atomic(_done_path(ddir, split, stats.name), _stats_to_json(stats))
-            bar.update(sizes[stats.name])
+            bars[split].update(len(task.items))
     except SkipItem as err:
         raise DataError(f"--strict: {err.reason}: {err.detail}") from None
     finally:
-        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        for bar in bars.values():
+            bar.close()
+        _TASKS = []
 
 
 def _stats_to_json(s: ShardStats) -> dict:

@@ -7,8 +7,6 @@ materialises the pixels.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from pycocotools import mask as cocomask
 
@@ -17,12 +15,13 @@ from .records import MatMask, RleMask
 
 
 def _polygon_ok(poly: object) -> bool:
-    return (
-        isinstance(poly, (list, tuple))
-        and len(poly) >= 6
-        and len(poly) % 2 == 0
-        and all(isinstance(v, (int, float)) and math.isfinite(v) for v in poly)
-    )
+    """At least 3 points of finite numbers."""
+    if not isinstance(poly, (list, tuple)) or len(poly) < 6 or len(poly) % 2:
+        return False
+    try:
+        return bool(np.isfinite(np.asarray(poly, dtype=np.float64)).all())
+    except (TypeError, ValueError):
+        return False
 
 
 def _rle_parts(seg: object, h: int, w: int) -> list[dict]:

@@ -121,7 +121,8 @@ def write_shard(task: ShardTask) -> ShardStats:
     final = Path(task.path)
     stats = ShardStats(name=final.name)
     tmp = final.with_name(final.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with open(tmp, "wb") as raw:
+        fh = _HashingFile(raw)
         with tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for item in sorted(task.items, key=lambda it: it.image_id):
                 try:
@@ -141,13 +142,24 @@ def write_shard(task: ShardTask) -> ShardStats:
                 stats.images += 1
                 stats.refs += len(meta["refs"])
                 stats.sentences += sum(len(r["sentences"]) for r in meta["refs"])
-        fh.flush()
-        os.fsync(fh.fileno())
-    digest = hashlib.sha256()
-    with open(tmp, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    stats.sha256 = digest.hexdigest()
-    stats.bytes = tmp.stat().st_size
+        raw.flush()
+        os.fsync(raw.fileno())
+    stats.sha256 = fh.digest.hexdigest()
+    stats.bytes = fh.size
     os.replace(tmp, final)
     return stats
+
+
+class _HashingFile:
+    """A write-only file that hashes what passes through (no second read of the shard)."""
+
+    def __init__(self, raw):
+        self.raw, self.digest, self.size = raw, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def tell(self) -> int:
+        return self.size
