@@ -7,7 +7,7 @@ import pytest
 
 from dmn_data.build import BuildConfig, build
 from dmn_data.errors import DataError
-from tests.refer_fixtures import make_refer_root, py2_pickle
+from refer_fixtures import make_refer_root, py2_pickle
 
 
 def _break_things(root: Path, src: dict) -> None:

@@ -18,7 +18,7 @@ from dmn_data.build import BuildConfig, build, dataset_dir, resolve_dataset
 from dmn_data.errors import DataError
 from dmn_data.inspect import iter_tar_samples, verify
 from dmn_data.masks import decode_rle
-from tests.refer_fixtures import make_fixture_root, make_refer_root
+from refer_fixtures import make_fixture_root, make_refer_root
 
 
 def _samples(ddir: Path, split: str) -> list[dict]:

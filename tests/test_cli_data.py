@@ -7,7 +7,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dmn_data.cli import app
-from tests.refer_fixtures import make_fixture_root
+from refer_fixtures import make_fixture_root
 
 runner = CliRunner()
 

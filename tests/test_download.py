@@ -21,7 +21,7 @@ from dmn_data import sources
 from dmn_data.cli import app
 from dmn_data.download import DownloadConfig, ResumingDownloader, download
 from dmn_data.errors import DataError
-from tests.refer_fixtures import make_refer_root
+from refer_fixtures import make_refer_root
 
 runner = CliRunner()
 

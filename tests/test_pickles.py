@@ -4,7 +4,7 @@ import pytest
 
 from dmn_data.errors import DataError
 from dmn_data.pickles import load_plain_pickle
-from tests.refer_fixtures import FIXTURE, py2_pickle
+from refer_fixtures import FIXTURE, py2_pickle
 
 
 def test_python2_pickle_of_plain_data(tmp_path):
