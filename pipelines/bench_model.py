@@ -12,9 +12,11 @@ fastest of a few repeats.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
@@ -71,14 +73,28 @@ def _train_step(model: DMN, batch: int, size: int, steps: int) -> Callable[[], N
     return step
 
 
-def throughput(cases: list[tuple[str, DMNConfig, int, int, int]], steps: int) -> list[str]:
-    """Rows: preset, size, batch, s/step, samples/s (forward + backward, T = ``steps``)."""
+def _measure_case(cfg: DMNConfig, size: int, batch: int, steps: int, repeats: int,
+                  threads: int) -> tuple[float, float]:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = DMN(cfg, VOCAB).train()
+    return _time(_train_step(model, batch, size, steps), repeats)
+
+
+def throughput(cases: list[tuple[str, DMNConfig, int, int, int]], steps: int, threads: int
+               ) -> list[str]:
+    """Rows: preset, size, batch, s/step, samples/s (forward + backward, T = ``steps``).
+
+    Each case runs in a fresh process: in one long-lived process the later cases ran 2–6×
+    slower than the same case alone (allocator state left by earlier models).
+    """
     rows = ["| model | image | batch | wall s / step | CPU s / step | samples / s (wall) |",
             "|---|---|---|---|---|---|"]
+    spawn = multiprocessing.get_context("spawn")
     for name, cfg, size, batch, repeats in cases:
-        torch.manual_seed(0)
-        model = DMN(cfg, VOCAB).train()
-        wall, cpu = _time(_train_step(model, batch, size, steps), repeats)
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            wall, cpu = pool.submit(_measure_case, cfg, size, batch, steps, repeats,
+                                    threads).result()
         rows.append(f"| {name} | {size}² | {batch} | {wall:.3f} | {cpu:.3f} | "
                     f"{batch / wall:.2f} |")
     return rows
@@ -164,7 +180,7 @@ def main() -> None:
         print("\n".join(synthesis_comparison(*synth_args)) + "\n")
     if args.section in ("all", "throughput"):
         print("## Training step (forward + backward, loss on both outputs)\n")
-        print("\n".join(throughput(cases, args.words)))
+        print("\n".join(throughput(cases, args.words, args.threads)))
     print(f"\nload average at end {os.getloadavg()[0]:.1f}")
 
 
