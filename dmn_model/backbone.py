@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-import timm
 import torch
 from torch import Tensor, nn
 
@@ -87,6 +86,8 @@ def create_backbone(config: DMNConfig) -> nn.Module:
             raise ValueError("DMNConfig.pretrained_path is for timm backbones; "
                              f"{TINY_CNN!r} always starts from random weights")
         return TinyCNN(config.tiny_cnn_channels)
+    import timm  # imported here: it takes seconds, and tiny_cnn runs (and every --help) need none of it
+
     if not timm.is_model(config.backbone):
         raise ValueError(f"DMNConfig.backbone: {config.backbone!r} is neither {TINY_CNN!r} nor a "
                          "timm model name (see timm.list_models())")

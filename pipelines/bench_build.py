@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_build"))
     ap.add_argument("--quick", action="store_true", help="~20 images, 1 run each, results under --out only")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per pipeline (default 3; 1 with --quick)")
-    ap.add_argument("--md", type=Path, default=None, help="markdown report (default BENCHMARKS_build.md; <out>/BENCHMARKS_build.md with --quick)")
+    ap.add_argument("--md", type=Path, default=None, help="markdown report (default docs/benchmarks/build.md; <out>/BENCHMARKS_build.md with --quick)")
     ap.add_argument("--profile", choices=("auto", "always", "never"), default="auto")
     ap.add_argument("--diagnose-shard-size", type=int, default=0, metavar="N",
                     help="also time workers=2 with --shard-size N (a diagnostic row, not a target)")
@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
 
     n_images = 20 if args.quick and args.images == 2000 else args.images
     repeats = args.repeats or (1 if args.quick else 3)
-    md = args.md or (args.out / "BENCHMARKS_build.md" if args.quick else REPO / "BENCHMARKS_build.md")
+    md = args.md or (args.out / "BENCHMARKS_build.md" if args.quick else REPO / "docs" / "benchmarks" / "build.md")
     out = args.out.resolve()
     data = out / "data"
     t0 = time.perf_counter()
