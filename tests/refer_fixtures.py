@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as cocomask
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "refcocog-umd-subset"
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "refcocog-umd-subset"
 
 
 def py2_pickle(obj: object, str_encoding: str = "utf-8") -> bytes:
@@ -114,7 +114,7 @@ def make_refer_root(root: Path, refer_name: str = "refcoco", split_by: str = "un
 
 
 def make_fixture_root(root: Path) -> dict:
-    """The real RefCOCOg-UMD subset from shared/fixtures with generated JPEGs of the listed sizes."""
+    """The real RefCOCOg-UMD subset (tests/fixtures, MIT) with generated JPEGs of the listed sizes."""
     folder = root / "refcocog"
     folder.mkdir(parents=True)
     for name in ("refs(umd).p", "instances.json"):
