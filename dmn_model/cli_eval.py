@@ -31,16 +31,16 @@ Opt = typer.Option
 @user_errors
 def eval_cmd(
     split: Annotated[Optional[str], Opt(help="Split to evaluate, e.g. val, testA.")] = None,
-    run: Annotated[Optional[Path], Opt("--run", "--run-dir", help="Run directory [default: "
-                                       "runs/latest]. Under torchrun spell it --run-dir (torchrun "
+    run: Annotated[Optional[Path], Opt("--run", "--run-dir", help="Run directory (default: "
+                                       "runs/latest). Under torchrun spell it --run-dir (torchrun "
                                        "takes --run for its --run-path).")] = None,
-    checkpoint: Annotated[Optional[Path], Opt(help="Checkpoint file [default: the run's best.pt, else last.pt].")] = None,
-    shards: Annotated[Optional[Path], Opt(help="Dataset folder [default: the one the run trained on].")] = None,
-    size: Annotated[Optional[int], Opt(help="Model input side [default: the training size].")] = None,
-    threshold: Annotated[Optional[float], Opt(help="Fixed probability threshold [default: 0.5].")] = None,
+    checkpoint: Annotated[Optional[Path], Opt(help="Checkpoint file (default: the run's best.pt, else last.pt).")] = None,
+    shards: Annotated[Optional[Path], Opt(help="Dataset folder (default: the one the run trained on).")] = None,
+    size: Annotated[Optional[int], Opt(help="Model input side (default: the training size).")] = None,
+    threshold: Annotated[Optional[float], Opt(help="Fixed probability threshold (default: 0.5).")] = None,
     batch_size: Annotated[int, Opt(help="Sentences per batch per process.")] = 16,
     workers: Annotated[int, Opt("--workers", "-j", help="Data loading processes.")] = 2,
-    out: Annotated[Optional[Path], Opt(help="Output folder [default: <run>/eval/<split>].")] = None,
+    out: Annotated[Optional[Path], Opt(help="Output folder (default: <run>/eval/<split>).")] = None,
     runs_root: Annotated[Path, Opt(help="Folder holding the runs and the 'latest' pointer.")] = Path("runs"),
     device: Annotated[Device, Opt(help="auto = this process's GPU if any, else CPU.")] = Device.auto,
     predictions: Annotated[bool, Opt("--predictions/--no-predictions", help="Write predictions.zarr.")] = True,
