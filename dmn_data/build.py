@@ -24,7 +24,7 @@ from .errors import DataError, SkipItem
 from .keys import FORMAT, MANIFEST, VOCAB, shard_name
 from .manifest import read_manifest, write_json_atomic
 from .records import Source
-from .refer import REFER_DATASETS, read_refer
+from .refer import REFER_DATASETS, read_refer, refer_dataset_name
 from .tokens import build_vocab, load_vocab_txt, tokenize, vocab_bytes
 from .writer import ShardStats, ShardTask, write_shard
 
@@ -60,10 +60,8 @@ class BuildConfig:
 
 def resolve_dataset(name: str, split_by: str | None = None) -> str:
     """Our dataset name for a user-given name (ours or REFER's, with REFER's ``--split-by``)."""
-    from .refer import refer_dataset_name
-
-    if name in ALIASES:
-        return refer_dataset_name({v: k for k, v in ALIASES.items()}[ALIASES[name]], split_by)
+    if name in ALIASES:  # a REFER folder name: its --split-by picks the dataset
+        return refer_dataset_name(name, split_by)
     if name in DATASETS:
         if split_by is not None and name in REFER_DATASETS and REFER_DATASETS[name].split_by != split_by:
             return refer_dataset_name(REFER_DATASETS[name].refer_name, split_by)

@@ -28,6 +28,11 @@ class Archive:
     manual: str  # what to do by hand when every location fails
 
 
+def _wayback(snapshot: str, url: str) -> tuple[str, str]:
+    """An Internet Archive snapshot of ``url``: the raw bytes (``id_``) first, then the plain form."""
+    return f"{_WAYBACK}/{snapshot}id_/{url}", f"{_WAYBACK}/{snapshot}/{url}"
+
+
 ARCHIVES: dict[str, Archive] = {
     # UNC's REFER annotations. Official location: lichengunc/refer README (first tlberg.cs.unc.edu, later
     # bvisionweb1.cs.unc.edu); down since 2022-09 (refer#14, #23, #26; CRIS.pytorch#10).
@@ -37,9 +42,7 @@ ARCHIVES: dict[str, Archive] = {
     # checksum-verified the snapshots. Holds refcoco/{instances.json, refs(unc).p, refs(google).p}.
     "refcoco.zip": Archive(
         name="refcoco.zip",
-        urls=(f"{_WAYBACK}/20220413011718id_/https://{_UNC}/refcoco.zip",
-              f"{_WAYBACK}/20220413011718/https://{_UNC}/refcoco.zip",
-              f"https://{_UNC}/refcoco.zip"),
+        urls=(*_wayback("20220413011718", f"https://{_UNC}/refcoco.zip"), f"https://{_UNC}/refcoco.zip"),
         size=53_993_993,
         known_hash="sha256:7f924bb7ed8dc4568058e4ff626281918d56e5206f4c868c5a80f088f38c8bf0",
         member="refcoco", target="refcoco",
@@ -48,9 +51,7 @@ ARCHIVES: dict[str, Archive] = {
     # Same provenance as refcoco.zip. Holds refcoco+/{instances.json, refs(unc).p}.
     "refcoco+.zip": Archive(
         name="refcoco+.zip",
-        urls=(f"{_WAYBACK}/20220413011656id_/https://{_UNC}/refcoco+.zip",
-              f"{_WAYBACK}/20220413011656/https://{_UNC}/refcoco+.zip",
-              f"https://{_UNC}/refcoco+.zip"),
+        urls=(*_wayback("20220413011656", f"https://{_UNC}/refcoco+.zip"), f"https://{_UNC}/refcoco+.zip"),
         size=45_613_210,
         known_hash="sha256:5f1238112d63199e68da54a28f201471909b21ded7ed79a57d51b4c1443c6b45",
         member="refcoco+", target="refcoco+",
@@ -60,9 +61,7 @@ ARCHIVES: dict[str, Archive] = {
     # both gref (google split) and gref-umd come from it.
     "refcocog.zip": Archive(
         name="refcocog.zip",
-        urls=(f"{_WAYBACK}/20220413012904id_/https://{_UNC}/refcocog.zip",
-              f"{_WAYBACK}/20220413012904/https://{_UNC}/refcocog.zip",
-              f"https://{_UNC}/refcocog.zip"),
+        urls=(*_wayback("20220413012904", f"https://{_UNC}/refcocog.zip"), f"https://{_UNC}/refcocog.zip"),
         size=56_712_951,
         known_hash="sha256:3d1f7e5b2ff2205940bf59de55f861f5f2cc1403fb980669933a7f9af1aa8211",
         member="refcocog", target="refcocog",
@@ -73,9 +72,7 @@ ARCHIVES: dict[str, Archive] = {
     # refs(berkeley).p, refs(unc).p}.
     "refclef.zip": Archive(
         name="refclef.zip",
-        urls=(f"{_WAYBACK}/20220413011817id_/https://{_UNC}/refclef.zip",
-              f"{_WAYBACK}/20220413011817/https://{_UNC}/refclef.zip",
-              f"https://{_UNC}/refclef.zip"),
+        urls=(*_wayback("20220413011817", f"https://{_UNC}/refclef.zip"), f"https://{_UNC}/refclef.zip"),
         size=None, known_hash=None,
         member="refclef", target="refclef",
         manual="the Internet Archive is the only public copy known to work",
@@ -87,9 +84,7 @@ ARCHIVES: dict[str, Archive] = {
     # an archive without that folder is taken to hold the folder's contents.
     "saiapr_tc-12.zip": Archive(
         name="saiapr_tc-12.zip",
-        urls=(f"{_WAYBACK}/20220515000000id_/http://{_UNC}/images/saiapr_tc-12.zip",
-              f"{_WAYBACK}/20220515000000/http://{_UNC}/images/saiapr_tc-12.zip",
-              f"https://{_UNC}/images/saiapr_tc-12.zip"),
+        urls=(*_wayback("20220515000000", f"http://{_UNC}/images/saiapr_tc-12.zip"), f"https://{_UNC}/images/saiapr_tc-12.zip"),
         size=None, known_hash=None,
         member="saiapr_tc-12", target="images/saiapr_tc-12",
         manual=("the full SAIAPR TC-12 release (https://www-i6.informatik.rwth-aachen.de/imageclef/resources/saiaprtc12/, "
