@@ -32,37 +32,67 @@ class StageInfo:
         return list(self._reductions)
 
 
+class _ResidualStage(nn.Module):
+    """ReLU(conv3×3(stride)-BN-ReLU-conv3×3-BN  +  shortcut), the shortcut being identity, or
+    average pooling then a 1×1 conv + BN where the stride or width changes."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(out_ch),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_ch),
+        )
+        short: list[nn.Module] = []
+        if stride > 1:
+            short.append(nn.AvgPool2d(stride, ceil_mode=True, count_include_pad=False))
+        if in_ch != out_ch:
+            short += [nn.Conv2d(in_ch, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch)]
+        self.short = nn.Sequential(*short)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.main(x) + self.short(x))
+
+
 class TinyCNN(nn.Module):
-    """Five stages of (3×3 stride-2 conv, BN, ReLU, 3×3 conv, BN, ReLU): strides 2, 4, …, 32.
+    """Five residual stages (see :class:`_ResidualStage`). A stage halves the resolution until
+    ``output_stride`` is reached, later ones keep it: strides 2, 4, …, 32 by default;
+    2, 4, 8, 16, 16 with ``output_stride=16``.
 
     A from-scratch backbone that learns the toy task on CPU in minutes (a resnet18 from scratch
-    was ~5× slower per step and stalled there).
+    was ~5× slower per step and stalled there). The shortcuts matter: without them the top
+    features lose the objects' colour (a linear probe on mask-pooled stride-16 features read the
+    colour at chance level, 0.17 for 6 colours, after training; 0.86 with them at
+    initialisation), and the DMN never learned colour words (docs/model.md).
 
     Args:
         channels: widths of the five stages.
+        output_stride: stride of the last stage (8, 16 or 32).
     """
 
-    def __init__(self, channels: tuple[int, ...] = (16, 32, 64, 128, 128)) -> None:
+    def __init__(self, channels: tuple[int, ...] = (16, 32, 64, 128, 128),
+                 output_stride: int = 32) -> None:
         super().__init__()
         stages = []
-        in_ch = 3
+        reductions = []
+        in_ch, reduction = 3, 1
         for out_ch in channels:
-            stages.append(nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(out_ch),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
-                nn.BatchNorm2d(out_ch),
-                nn.ReLU(inplace=True),
-            ))
+            stride = 2 if reduction < output_stride else 1
+            reduction *= stride
+            reductions.append(reduction)
+            stages.append(_ResidualStage(in_ch, out_ch, stride))
             in_ch = out_ch
         self.stages = nn.ModuleList(stages)
-        self.feature_info = StageInfo(list(channels), [2 ** (i + 1) for i in range(len(channels))])
+        self.feature_info = StageInfo(list(channels), reductions)
         # Same attribute timm models carry, so normalisation constants are read the same way.
         self.pretrained_cfg = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 
     def forward(self, images: Tensor) -> list[Tensor]:
-        """``(B, 3, H, W)`` float32 → list of ``(B, C_i, ⌈H/2^i⌉, ⌈W/2^i⌉)``, i = 1..5."""
+        """``(B, 3, H, W)`` float32 → list of ``(B, C_i, ⌈H/r_i⌉, ⌈W/r_i⌉)``, one per stage, with
+        ``r_i = feature_info.reduction()[i]``."""
         features = []
         x = images
         for stage in self.stages:
@@ -85,7 +115,7 @@ def create_backbone(config: DMNConfig) -> nn.Module:
         if path is not None:
             raise ValueError("DMNConfig.pretrained_path is for timm backbones; "
                              f"{TINY_CNN!r} always starts from random weights")
-        return TinyCNN(config.tiny_cnn_channels)
+        return TinyCNN(config.tiny_cnn_channels, config.tiny_cnn_output_stride)
     import timm  # imported here: it takes seconds, and tiny_cnn runs (and every --help) need none of it
 
     if not timm.is_model(config.backbone):

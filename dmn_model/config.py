@@ -28,8 +28,11 @@ class DMNConfig:
 
     # Visual module: any timm model name (created with ``features_only=True``), or ``tiny_cnn``.
     backbone: str = "dpn92"
-    # Widths of the five stride-2 stages of ``tiny_cnn``; ignored for timm backbones.
+    # Widths of the five stages of ``tiny_cnn``; ignored for timm backbones.
     tiny_cnn_channels: tuple[int, ...] = (16, 32, 64, 128, 128)
+    # Stride of ``tiny_cnn``'s last stage (8, 16 or 32): stages halve the resolution until it is
+    # reached, later ones keep it. The multimodal grid is input_size / this per side.
+    tiny_cnn_output_stride: int = 32
     # Local timm weights file (.pth / .safetensors) for the backbone; None = random init (offline).
     pretrained_path: str | None = None
     # Language module: word embedding size, recurrent hidden size and depth.
@@ -82,6 +85,9 @@ class DMNConfig:
         if len(self.tiny_cnn_channels) != 5:
             raise ValueError("DMNConfig.tiny_cnn_channels must have 5 entries (strides 2..32), "
                              f"got {self.tiny_cnn_channels!r}")
+        if self.tiny_cnn_output_stride not in (8, 16, 32):
+            raise ValueError("DMNConfig.tiny_cnn_output_stride must be 8, 16 or 32, "
+                             f"got {self.tiny_cnn_output_stride!r}")
         amp = self.upsamp_amplification
         if not isinstance(amp, int) or amp < 2 or 2 ** round(math.log2(amp)) != amp:
             raise ValueError("DMNConfig.upsamp_amplification must be a power of two >= 2 "
@@ -143,8 +149,9 @@ _TINY = DMNConfig(
     hid_mixed_size=64,
     mixed_layers=1,
     high_res=True,
-    upsamp_channels=(64, 32, 32),
-    upsamp_amplification=8,
+    tiny_cnn_output_stride=16,
+    upsamp_channels=(64, 32),
+    upsamp_amplification=4,
     upsamp_activation="relu",
 )
 

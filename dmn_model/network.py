@@ -41,16 +41,23 @@ class DMN(nn.Module):
         self.synthesis = Synthesis(channels[-1], config)
         self.collapse = nn.Conv2d(config.hid_mixed_size, 1, kernel_size=1)
         self.upsampling: Upsampling | None = None
+        # Upsampling stage i starts at stride top/2^i and concatenates the deepest backbone
+        # feature at that stride (strides 32, 16, 8, … for the usual backbones).
+        self.skip_index: list[int] = []
         if config.high_res:
-            stages = config.upsamp_stages
-            if stages > len(channels):
-                raise ValueError(
-                    f"DMNConfig.upsamp_amplification={config.upsamp_amplification} needs "
-                    f"{stages} backbone stages; {config.backbone!r} has {len(channels)}: use at "
-                    f"most {2 ** len(channels)}")
+            top = self.reductions[-1]
+            for i in range(config.upsamp_stages):
+                stride = top / 2 ** i
+                at = [j for j, r in enumerate(self.reductions) if r == stride]
+                if not at:
+                    raise ValueError(
+                        f"DMNConfig.upsamp_amplification={config.upsamp_amplification} needs "
+                        f"backbone features at stride {stride:g}; {config.backbone!r} has "
+                        f"strides {sorted(set(self.reductions))}: lower upsamp_amplification")
+                self.skip_index.append(at[-1])
             self.upsampling = Upsampling(
-                config.hid_mixed_size, channels[::-1][:stages],
-                list(config.upsamp_channels[:stages]), kernel=config.upsamp_kernel,
+                config.hid_mixed_size, [channels[j] for j in self.skip_index],
+                list(config.upsamp_channels[:config.upsamp_stages]), kernel=config.upsamp_kernel,
                 mode=config.upsamp_mode, activation=config.upsamp_activation)
         mean, std = normalization(self.backbone)
         # Non-persistent: they follow the backbone, not the checkpoint.
@@ -95,7 +102,8 @@ class DMN(nn.Module):
             return_aux: also return the stride-32 logits (for an auxiliary low-res loss).
 
         Returns:
-            logits ``(B, 1, H, W)`` with ``high_res``, else ``(B, 1, ⌈H/32⌉, ⌈W/32⌉)``; with
+            logits ``(B, 1, H, W)`` with ``high_res``, else ``(B, 1, ⌈H/s⌉, ⌈W/s⌉)`` with ``s`` =
+            :attr:`output_stride` (32 for the usual backbones); with
             ``return_aux``, the pair ``(logits, lowres_logits)`` (the same tensor twice in
             low-res mode). A sentence's logits do not depend on the padding around it.
         """
@@ -110,7 +118,7 @@ class DMN(nn.Module):
             lowres = self.collapse(multimodal)
         if self.upsampling is None:
             return (lowres, lowres) if return_aux else lowres
-        skips = features[::-1][:len(self.upsampling.convs)]
+        skips = [features[j] for j in self.skip_index]
         logits = self.upsampling(multimodal, skips)
         if logits.shape[-2:] != images.shape[-2:]:
             logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear",

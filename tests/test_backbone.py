@@ -16,6 +16,14 @@ def test_tiny_cnn_feature_contract():
         (2, c, 96 // r, 96 // r) for c, r in zip(net.feature_info.channels(), [2, 4, 8, 16, 32])]
 
 
+def test_tiny_cnn_output_stride_keeps_resolution_after_it_is_reached():
+    net = TinyCNN((4, 8, 8, 16, 16), output_stride=16)
+    feats = net(torch.randn(1, 3, 96, 96))
+    assert net.feature_info.reduction() == [2, 4, 8, 16, 16]
+    assert [f.shape[-1] for f in feats] == [48, 24, 12, 6, 6]
+    assert TinyCNN((4, 8, 8, 16, 16), output_stride=8).feature_info.reduction() == [2, 4, 8, 8, 8]
+
+
 def test_timm_backbone_by_name_and_its_normalization():
     net = create_backbone(preset("tiny", backbone="resnet18"))
     assert net.feature_info.channels() == [64, 64, 128, 256, 512]

@@ -46,6 +46,7 @@ def test_overrides_and_unknown_preset():
     ("upsamp_activation", "gelu", "prelu"),
     ("upsamp_kernel", 2, "odd"),
     ("tiny_cnn_channels", (8, 8), "5 entries"),
+    ("tiny_cnn_output_stride", 4, "8, 16 or 32"),
     ("freeze", True, "high_res"),
 ])
 def test_bad_values_name_the_field(field, value, message):

@@ -29,9 +29,23 @@ def test_output_shapes(high_res):
     model = DMN(_small(high_res=high_res), VOCAB)
     images, tokens, lengths = _batch(size=96)
     logits, lowres = model(model.normalize(images), tokens, lengths, return_aux=True)
-    assert lowres.shape == (3, 1, 3, 3) and lowres.dtype == torch.float32
-    assert logits.shape == ((3, 1, 96, 96) if high_res else (3, 1, 3, 3))
+    assert lowres.shape == (3, 1, 6, 6) and lowres.dtype == torch.float32  # tiny: stride 16
+    assert logits.shape == ((3, 1, 96, 96) if high_res else (3, 1, 6, 6))
     assert model(model.normalize(images), tokens, lengths).shape == logits.shape
+
+
+def test_output_stride_16_skips_follow_the_strides():
+    model = DMN(_small(tiny_cnn_output_stride=16, upsamp_amplification=8), VOCAB)
+    # From stride 16: the deepest feature at 16 (stage 5, not stage 4), then 8, then 4.
+    assert model.skip_index == [4, 2, 1] and model.output_stride == 16
+    images, tokens, lengths = _batch(size=96)
+    logits, lowres = model(model.normalize(images), tokens, lengths, return_aux=True)
+    assert lowres.shape == (3, 1, 6, 6) and logits.shape == (3, 1, 96, 96)
+    assert DMN(_small(), VOCAB).skip_index == [4, 2]  # the tiny preset: 16, 8
+    assert DMN(_small(tiny_cnn_output_stride=32, upsamp_amplification=8), VOCAB).skip_index == [4, 3, 2]
+    with pytest.raises(ValueError, match="stride 1;"):
+        DMN(_small(tiny_cnn_output_stride=16, upsamp_amplification=32,
+                   upsamp_channels=(8,) * 5), VOCAB)
 
 
 @pytest.mark.parametrize("lstm", [False, True])
