@@ -51,3 +51,17 @@ def test_toy_run_recipe(tmp_path):
     again = _run(["bash", REPO / "pipelines/toy_run.sh", "--toy-train", "40", "--steps", "2"], tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "up to date" in again.stderr + again.stdout
+
+
+def test_colour_probe_runs_on_toy_shards(tmp_path):
+    r = _run(["dmn-data", "build", "--dataset", "toy", "--out", "shards", "--toy-train", "40",
+              "--toy-val", "4", "--toy-test", "4", "--workers", "1"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _run([sys.executable, REPO / "pipelines/probe_colour.py", "--shards", "shards/toy",
+              "--batches", "2", "--size", "64"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    stages = [ln for ln in r.stdout.splitlines() if "held-out accuracy" in ln]
+    assert len(stages) == 5 and "stride 16" in stages[-1]
+    assert all(0.0 <= float(ln.split()[-1]) <= 1.0 for ln in stages)
+    # Colour is plain to read at the first stage, even untrained.
+    assert float(stages[0].split()[-1]) >= 0.8
