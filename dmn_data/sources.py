@@ -24,7 +24,7 @@ class Archive:
     size: int | None  # bytes; None where no public source states it
     known_hash: str | None  # "sha256:<hex>" (pooch's format); None where none was published
     member: str  # the folder inside the archive ...
-    target: str  # ... and where it goes under --data-root (the REFER layout, DESIGN.md "Datasets")
+    target: str  # ... and where it goes under --data-root (the REFER layout, README "Real datasets")
     manual: str  # what to do by hand when every location fails
 
 

@@ -108,7 +108,7 @@ class TrainConfig:
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     # For the toy dataset on 2 CPU cores; measured: held-out oIoU 0.90 after 2,000 steps (~8 min).
-    # The stride-32 auxiliary BCE (0.5 in DESIGN.md's prototype) measured worse here (plain
+    # The stride-32 auxiliary BCE (0.5 in the calibration prototype) measured worse here (plain
     # tiny_cnn: 0.47 vs 0.52).
     "tiny": dict(size=96, batch_size=32, lr=1e-3, epochs=8, aux_weight=0.0, log_every=20,
                  eval_every=200, eval_batch_size=64, seed=0),
