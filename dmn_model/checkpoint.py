@@ -127,6 +127,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
+def load_weights(model: torch.nn.Module, weights: dict[str, Any], source: str | Path) -> None:
+    """``model.load_state_dict(weights)`` (strict), with a one-line :class:`CheckpointError` when
+    they do not fit: how many tensors are missing, unexpected or of another shape, one example
+    of each. The usual cause is a checkpoint written by another version of the model code.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    reshaped = [k for k in own if k in weights and hasattr(weights[k], "shape")
+                and tuple(weights[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or reshaped:
+        parts = [f"{len(keys)} {what} (e.g. {keys[0]})" for what, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
+                 if keys]
+        raise CheckpointError(
+            f"{source}: its weights do not fit the model its config describes ({'; '.join(parts)}) "
+            "- written by another version of dmn? Start a new run (another --out, or delete "
+            "this run) or use the version that wrote it")
+    model.load_state_dict(weights)
+
+
 def rng_state() -> dict[str, Any]:
     """Every RNG the trainer touches, as tensors and plain containers."""
     np_state = np.random.get_state()

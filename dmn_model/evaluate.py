@@ -33,7 +33,7 @@ from dmn_data.errors import DataError
 from dmn_data.manifest import read_manifest
 from dmn_data.masks import decode_rle
 
-from .checkpoint import CheckpointError, latest_run, load_checkpoint, run_checkpoint
+from .checkpoint import CheckpointError, latest_run, load_checkpoint, load_weights, run_checkpoint
 from .config import DMNConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, gather_to_main, unwrap
 from .metrics import (IoUAccumulator, eval_thresholds, intersection_union, per_sentence_iou,
@@ -131,10 +131,10 @@ def model_from_checkpoint(ckpt: dict, source: str) -> DMN:
     """Rebuild the DMN from a checkpoint's config and load its weights (strict)."""
     try:
         model = DMN(DMNConfig.from_dict(ckpt["model_config"]), int(ckpt["vocab_size"]))
-        model.load_state_dict(ckpt["model"])
-    except (ValueError, RuntimeError, TypeError) as err:
-        raise CheckpointError(f"{source}: weights do not fit its model config "
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{source}: its model config is not valid here "
                               f"({str(err).splitlines()[0][:200]})") from None
+    load_weights(model, ckpt["model"], source)
     return model
 
 

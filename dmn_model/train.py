@@ -267,7 +267,7 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
         if state["vocab_sha256"] != vocab_sha:
             raise CheckpointError(f"--resume: {last_path} was trained on another vocabulary "
                                   f"than {shards}/vocab.json")
-        model.load_state_dict(state["model"])
+        ck.load_weights(model, state["model"], last_path)
         optimizer.load_state_dict(state["optimizer"])
         step, best = int(state["step"]), float(state["best_val_iou"])
         ck.set_rng_state(state["rng"])

@@ -95,3 +95,16 @@ def test_code_in_a_pickle_is_refused(tmp_path):
     torch.save({"format": ckpt.FORMAT, "model": Evil()}, path)
     with pytest.raises(CheckpointError, match="unreadable or corrupt"):
         load_checkpoint(path)
+
+
+def test_load_weights_names_what_does_not_fit():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    ckpt.load_weights(model, torch.nn.Sequential(torch.nn.Linear(4, 3),
+                                                 torch.nn.Linear(3, 2)).state_dict(), "ok.pt")
+    other = {"0.weight": torch.zeros(3, 5), "0.bias": torch.zeros(3), "9.weight": torch.zeros(1)}
+    with pytest.raises(CheckpointError) as err:
+        ckpt.load_weights(model, other, "old.pt")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("old.pt: ")
+    assert "2 missing (e.g. 1.weight)" in message and "1 unexpected (e.g. 9.weight)" in message
+    assert "1 of another shape (e.g. 0.weight)" in message
