@@ -82,7 +82,7 @@ def train_cmd(
                                              "(the high-res stage from the low-res run's best.pt).")] = None,
     # model
     high_res: Annotated[Optional[bool], Opt("--high-res/--low-res", help="Full-resolution output "
-                                            "through the upsampling module (else the stride-32 map).")] = None,
+                                            "through the upsampling module (else the low-res map, stride 32 for timm backbones).")] = None,
     backend: Annotated[Optional[str], Opt(help="Visual backbone: a timm model name or tiny_cnn.")] = None,
     pretrained: Annotated[Optional[Path], Opt(help="Local timm weights file for --backend.")] = None,
     num_filters: Annotated[Optional[int], Opt(help="Dynamic filters per word (K).")] = None,
@@ -114,7 +114,7 @@ def train_cmd(
     min_lr: Annotated[Optional[float], Opt(help="Final LR of the cosine schedule.")] = None,
     grad_clip: Annotated[Optional[float], Opt(help="Clip the gradient norm to this (0 = off).")] = None,
     iou_loss: Annotated[Optional[bool], Opt("--iou-loss/--bce-loss", help="Soft IoU loss instead of BCE.")] = None,
-    aux_weight: Annotated[Optional[float], Opt(help="Weight of the extra stride-32 BCE of a high-res model.")] = None,
+    aux_weight: Annotated[Optional[float], Opt(help="Weight of the extra low-res BCE of a high-res model.")] = None,
     flip: Annotated[Optional[bool], Opt("--flip/--no-flip", help="Random horizontal flips (left/right words swapped).")] = None,
     # bookkeeping and runtime
     log_every: Annotated[Optional[int], Opt("--log-every", "--log-interval", help="Steps per log line.")] = None,

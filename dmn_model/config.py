@@ -48,7 +48,8 @@ class DMNConfig:
     mixed_layers: int = 3
     # nn.LSTM instead of SRU for both recurrent nets (original ``--lstm``).
     lstm: bool = False
-    # False: output the stride-32 map; True: the upsampling module up to full resolution.
+    # False: output the low-res map (at the top feature's stride, 32 for timm backbones);
+    # True: the upsampling module up to full resolution.
     high_res: bool = False
     # Upsampling module: one stage per factor 2 of ``upsamp_amplification`` (32 = 5 stages to
     # stride 1); stage i has ``upsamp_channels[i]`` output channels. Output is resized
@@ -83,7 +84,7 @@ class DMNConfig:
                 raise ValueError(f"DMNConfig.{name} must be a non-empty list of positive ints, "
                                  f"got {value!r}")
         if len(self.tiny_cnn_channels) != 5:
-            raise ValueError("DMNConfig.tiny_cnn_channels must have 5 entries (strides 2..32), "
+            raise ValueError("DMNConfig.tiny_cnn_channels must have 5 entries (one per stage), "
                              f"got {self.tiny_cnn_channels!r}")
         if self.tiny_cnn_output_stride not in (8, 16, 32):
             raise ValueError("DMNConfig.tiny_cnn_output_stride must be 8, 16 or 32, "

@@ -1,7 +1,7 @@
 """Losses on the valid (unpadded) image region.
 
 The stream pads every image to ``size × size`` and yields a ``valid`` mask. Logits may be coarser
-than the target (the stride-32 map): then the target and the valid mask are *downsampled* to the
+than the target (the low-res map): then the target and the valid mask are *downsampled* to the
 logits' grid by area averaging (``adaptive_avg_pool2d``). A cell's target becomes the foreground
 fraction of its valid pixels (a soft label) and its weight the valid fraction of the cell, so
 cells half over padding count half and fully padded cells not at all. Upsampling logits instead

@@ -23,7 +23,7 @@ class DMN(nn.Module):
         vocab_size: number of token ids (``<pad>`` = 0 included).
 
     Submodules: ``backbone`` (visual), ``embedding`` + ``language`` (language), ``synthesis``,
-    ``collapse`` (1×1 conv to the stride-32 logits) and, with ``high_res``, ``upsampling``. A
+    ``collapse`` (1×1 conv to the low-res logits, at the top feature's stride) and, with ``high_res``, ``upsampling``. A
     low-res model's state dict is the high-res one minus ``upsampling.*``, so high-res training
     starts from low-res weights with ``load_state_dict(state, strict=False)``.
     """
@@ -99,7 +99,7 @@ class DMN(nn.Module):
             images: ``(B, 3, H, W)`` float32, already :meth:`normalize`\\ d.
             tokens: ``(B, T)`` int64 token ids, right-padded with 0.
             lengths: ``(B,)`` int64, real tokens per sentence, in ``1..T``.
-            return_aux: also return the stride-32 logits (for an auxiliary low-res loss).
+            return_aux: also return the low-res logits (for an auxiliary low-res loss).
 
         Returns:
             logits ``(B, 1, H, W)`` with ``high_res``, else ``(B, 1, ⌈H/s⌉, ⌈W/s⌉)`` with ``s`` =
@@ -126,7 +126,7 @@ class DMN(nn.Module):
         return (logits, lowres) if return_aux else logits
 
     def _multimodal(self, top: Tensor, tokens: Tensor, lengths: Tensor) -> Tensor:
-        """``top (B, C, h, w)`` stride-32 feature → multimodal map ``(B, hid_mixed, h, w)``."""
+        """``top (B, C, h, w)`` top backbone feature → multimodal map ``(B, hid_mixed, h, w)``."""
         batch, _, height, width = top.shape
         coords = spatial_coords(height, width, device=top.device, dtype=top.dtype)
         vis = torch.cat([top, coords.expand(batch, -1, -1, -1)], dim=1)

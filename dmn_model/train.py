@@ -66,7 +66,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warmup from 0
     min_lr: float = 0.0
     grad_clip: float = 0.0  # max gradient norm; 0 = off
-    # Loss: BCE (or the original --iou-loss) on the output + aux_weight × BCE on the stride-32
+    # Loss: BCE (or the original --iou-loss) on the output + aux_weight × BCE on the low-res
     # logits of a high-res model.
     iou_loss: bool = False
     aux_weight: float = 0.0
@@ -273,7 +273,7 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
         ck.set_rng_state(state["rng"])
     train_model: nn.Module = model
     if info.enabled:
-        # The stride-32 head gets no gradient when a high-res model's aux loss is off.
+        # The low-res head gets no gradient when a high-res model's aux loss is off.
         unused = model_cfg.high_res and not cfg.aux_weight
         train_model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
