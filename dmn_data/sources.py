@@ -33,6 +33,15 @@ def _wayback(snapshot: str, url: str) -> tuple[str, str]:
     return f"{_WAYBACK}/{snapshot}id_/{url}", f"{_WAYBACK}/{snapshot}/{url}"
 
 
+def _unc_zip(folder: str, snapshot: str, size: int | None, known_hash: str | None) -> Archive:
+    """One of UNC's REFER zips (``<folder>.zip`` holding ``<folder>/``): the Internet Archive
+    snapshot first (both forms), then the dead official host in case it comes back."""
+    url = f"https://{_UNC}/{folder}.zip"
+    return Archive(name=f"{folder}.zip", urls=(*_wayback(snapshot, url), url), size=size,
+                   known_hash=known_hash, member=folder, target=folder,
+                   manual="the Internet Archive is the only public copy known to work")
+
+
 ARCHIVES: dict[str, Archive] = {
     # UNC's REFER annotations. Official location: lichengunc/refer README (first tlberg.cs.unc.edu, later
     # bvisionweb1.cs.unc.edu); down since 2022-09 (refer#14, #23, #26; CRIS.pytorch#10).
@@ -40,43 +49,22 @@ ARCHIVES: dict[str, Archive] = {
     # raw bytes of the same snapshot) is used by TarunTomar122/attention-is-all-you-need-for-vlms
     # docs/gpu-runbook.md. Size and SHA-256: that repository's docs/datasets.md (@bc183da), which
     # checksum-verified the snapshots. Holds refcoco/{instances.json, refs(unc).p, refs(google).p}.
-    "refcoco.zip": Archive(
-        name="refcoco.zip",
-        urls=(*_wayback("20220413011718", f"https://{_UNC}/refcoco.zip"), f"https://{_UNC}/refcoco.zip"),
-        size=53_993_993,
-        known_hash="sha256:7f924bb7ed8dc4568058e4ff626281918d56e5206f4c868c5a80f088f38c8bf0",
-        member="refcoco", target="refcoco",
-        manual="the Internet Archive is the only public copy known to work",
-    ),
+    "refcoco.zip": _unc_zip(
+        "refcoco", "20220413011718", size=53_993_993,
+        known_hash="sha256:7f924bb7ed8dc4568058e4ff626281918d56e5206f4c868c5a80f088f38c8bf0"),
     # Same provenance as refcoco.zip. Holds refcoco+/{instances.json, refs(unc).p}.
-    "refcoco+.zip": Archive(
-        name="refcoco+.zip",
-        urls=(*_wayback("20220413011656", f"https://{_UNC}/refcoco+.zip"), f"https://{_UNC}/refcoco+.zip"),
-        size=45_613_210,
-        known_hash="sha256:5f1238112d63199e68da54a28f201471909b21ded7ed79a57d51b4c1443c6b45",
-        member="refcoco+", target="refcoco+",
-        manual="the Internet Archive is the only public copy known to work",
-    ),
+    "refcoco+.zip": _unc_zip(
+        "refcoco+", "20220413011656", size=45_613_210,
+        known_hash="sha256:5f1238112d63199e68da54a28f201471909b21ded7ed79a57d51b4c1443c6b45"),
     # Same provenance as refcoco.zip. Holds refcocog/{instances.json, refs(google).p, refs(umd).p}:
     # both gref (google split) and gref-umd come from it.
-    "refcocog.zip": Archive(
-        name="refcocog.zip",
-        urls=(*_wayback("20220413012904", f"https://{_UNC}/refcocog.zip"), f"https://{_UNC}/refcocog.zip"),
-        size=56_712_951,
-        known_hash="sha256:3d1f7e5b2ff2205940bf59de55f861f5f2cc1403fb980669933a7f9af1aa8211",
-        member="refcocog", target="refcocog",
-        manual="the Internet Archive is the only public copy known to work",
-    ),
+    "refcocog.zip": _unc_zip(
+        "refcocog", "20220413012904", size=56_712_951,
+        known_hash="sha256:3d1f7e5b2ff2205940bf59de55f861f5f2cc1403fb980669933a7f9af1aa8211"),
     # RefCLEF (ReferIt in the REFER layout). Snapshot: refer#26, CRIS.pytorch#10 (plain form).
     # No public size or checksum found: neither is checked. Holds refclef/{instances.json,
     # refs(berkeley).p, refs(unc).p}.
-    "refclef.zip": Archive(
-        name="refclef.zip",
-        urls=(*_wayback("20220413011817", f"https://{_UNC}/refclef.zip"), f"https://{_UNC}/refclef.zip"),
-        size=None, known_hash=None,
-        member="refclef", target="refclef",
-        manual="the Internet Archive is the only public copy known to work",
-    ),
+    "refclef.zip": _unc_zip("refclef", "20220413011817", size=None, known_hash=None),
     # UNC's subset (19,997 images) of SAIAPR TC-12 used by RefCLEF (lichengunc/refer README).
     # Snapshot: refer#15 and mbzuai-oryx/groundingLMM#9 (plain form, "20220515000000" = nearest
     # capture); refer#15 notes nobody has confirmed it matches the original. No public size or
