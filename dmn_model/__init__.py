@@ -1,7 +1,7 @@
-"""The DMN network (visual, language, synthesis, upsampling modules), its config and losses."""
+"""The DMN network a user builds or loads: visual, language, synthesis and upsampling modules,
+its config and presets, and the checkpoint format. Training and evaluation live in ``dmn_train``."""
 
 from .config import PRESETS, DMNConfig, preset
-from .losses import masked_bce_with_logits, soft_iou_loss
 from .network import DMN
 
-__all__ = ["DMN", "DMNConfig", "PRESETS", "preset", "masked_bce_with_logits", "soft_iou_loss"]
+__all__ = ["DMN", "DMNConfig", "PRESETS", "preset"]

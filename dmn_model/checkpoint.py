@@ -29,6 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .config import DMNConfig
+from .network import DMN
+
 FORMAT = "dmn-checkpoint/1"
 REQUIRED = ("model", "model_config", "vocab_sha256", "vocab_size")
 #: ``<runs root>/latest`` names the newest run (a relative symlink; a text file where links fail)
@@ -178,3 +181,14 @@ def _to_lists(x: Any) -> Any:
 
 def _to_tuples(x: Any) -> Any:
     return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def model_from_checkpoint(ckpt: dict, source: str) -> DMN:
+    """Rebuild the DMN from a checkpoint's config and load its weights (strict)."""
+    try:
+        model = DMN(DMNConfig.from_dict(ckpt["model_config"]), int(ckpt["vocab_size"]))
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{source}: its model config is not valid here "
+                              f"({str(err).splitlines()[0][:200]})") from None
+    load_weights(model, ckpt["model"], source)
+    return model

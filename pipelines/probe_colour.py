@@ -25,7 +25,7 @@ from dmn_data.stream import make_loader  # noqa: E402
 from dmn_data.toy import COLOURS  # noqa: E402
 from dmn_model import DMN, preset  # noqa: E402
 from dmn_model import checkpoint as ck  # noqa: E402
-from dmn_model.evaluate import model_from_checkpoint  # noqa: E402
+from dmn_model.checkpoint import model_from_checkpoint  # noqa: E402
 
 
 def pooled_features(model: DMN, shards: str, split: str, size: int, batches: int

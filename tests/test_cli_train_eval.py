@@ -6,8 +6,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from dmn_model.cli_eval import app as eval_app
-from dmn_model.cli_train import app as train_app
+from dmn_train.cli_eval import app as eval_app
+from dmn_train.cli_train import app as train_app
 
 from test_train import SIZE, make_shards
 

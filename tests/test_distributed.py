@@ -9,10 +9,10 @@ import torch
 import torch.multiprocessing as mp
 import zarr
 
-from dmn_model.distributed import (DistInfo, destroy_process_group, dist_info_from_env,
+from dmn_train.distributed import (DistInfo, destroy_process_group, dist_info_from_env,
                                    init_process_group)
-from dmn_model.evaluate import EvalConfig, evaluate
-from dmn_model.train import model_config, train, train_config
+from dmn_train.evaluate import EvalConfig, evaluate
+from dmn_train.train import model_config, train, train_config
 
 from test_train import SIZE, make_shards
 

@@ -17,9 +17,9 @@ from dmn_data.masks import decode_rle
 from dmn_data.stream import make_loader
 from dmn_model import DMN, preset
 from dmn_model.checkpoint import CheckpointError, save_checkpoint
-from dmn_model.distributed import DistInfo
-from dmn_model.evaluate import EvalConfig, evaluate, metrics_from_predictions
-from dmn_model.metrics import PRECISION_CUTS, SWEEP_THRESHOLDS
+from dmn_train.distributed import DistInfo
+from dmn_train.evaluate import EvalConfig, evaluate, metrics_from_predictions
+from dmn_train.metrics import PRECISION_CUTS, SWEEP_THRESHOLDS
 
 SIZE = 64
 CPU = torch.device("cpu")

@@ -1,9 +1,9 @@
-"""dmn_model.losses: masking, low-res targets, soft IoU."""
+"""dmn_train.losses: masking, low-res targets, soft IoU."""
 
 import torch
 import torch.nn.functional as F
 
-from dmn_model.losses import masked_bce_with_logits, soft_iou_loss
+from dmn_train.losses import masked_bce_with_logits, soft_iou_loss
 
 
 def test_bce_ignores_padding():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dmn_model.metrics import (PRECISION_CUTS, SWEEP_THRESHOLDS, IoUAccumulator, eval_thresholds,
+from dmn_train.metrics import (PRECISION_CUTS, SWEEP_THRESHOLDS, IoUAccumulator, eval_thresholds,
                                intersection_union, summarize)
 
 

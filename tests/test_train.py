@@ -13,8 +13,8 @@ import torch
 from dmn_data.build import BuildConfig, ToyOptions, build
 from dmn_model import DMN, DMNConfig
 from dmn_model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from dmn_model.distributed import DistInfo
-from dmn_model.train import (TrainConfig, init_weights_from, lr_at, model_config, train,
+from dmn_train.distributed import DistInfo
+from dmn_train.train import (TrainConfig, init_weights_from, lr_at, model_config, train,
                              train_config)
 
 SIZE = 64
@@ -104,7 +104,7 @@ def test_existing_run_needs_resume(shards, tmp_path):
 
 
 def _cli(shards: Path, out: Path, steps: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "dmn_model.cli_train", "--shards", str(shards), "--preset", "tiny",
+    return [sys.executable, "-m", "dmn_train.cli_train", "--shards", str(shards), "--preset", "tiny",
             "--size", str(SIZE), "--batch-size", "8", "--steps", str(steps), "--workers", "0",
             "--log-every", "1", "--save-every", "1", "--eval-every", "4", "--eval-batches", "1",
             "--no-progress", "--out", str(out), *extra]

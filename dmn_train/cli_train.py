@@ -1,4 +1,4 @@
-"""``dmn-train``: build the configs from the flags and call :func:`dmn_model.train.train`.
+"""``dmn-train``: build the configs from the flags and call :func:`dmn_train.train.train`.
 
 Flag names follow the original ``dmn_pytorch.train`` where it had one (``--backend``,
 ``--num-filters``, ``--lang-layers``, ``--mix-we``, ``--lstm``, ``--high-res``,
@@ -20,7 +20,8 @@ from rich.console import Console
 
 from dmn_data.errors import DataError
 
-from .checkpoint import CheckpointError, latest_run
+from dmn_model.checkpoint import CheckpointError, latest_run
+
 from .distributed import (destroy_process_group, dist_info_from_env, init_process_group,
                           select_device)
 from .train import model_config, resume_configs, train, train_config

@@ -3,7 +3,7 @@
 Per sentence: the logits are resized to the model input (S × S) if coarser, the valid region
 (``resized_size``, top-left) is cropped and resized bilinearly to ``orig_size``, a sigmoid gives
 probabilities, and I / U against the original-resolution mask are counted at every threshold of
-the sweep and at the fixed one (see :mod:`dmn_model.metrics`). Under torchrun every rank
+the sweep and at the fixed one (see :mod:`dmn_train.metrics`). Under torchrun every rank
 evaluates its share of the split and the sums are all-reduced.
 
 Outputs in ``<out>`` (default ``runs/<name>/eval/<split>/``): ``metrics.json``,
@@ -33,12 +33,12 @@ from dmn_data.errors import DataError
 from dmn_data.manifest import read_manifest
 from dmn_data.masks import decode_rle
 
-from .checkpoint import CheckpointError, latest_run, load_checkpoint, load_weights, run_checkpoint
-from .config import DMNConfig
+from dmn_model.checkpoint import (CheckpointError, latest_run, load_checkpoint,
+                                  model_from_checkpoint, run_checkpoint)
+
 from .distributed import DistInfo, all_reduce_sum, barrier, gather_to_main, unwrap
 from .metrics import (IoUAccumulator, eval_thresholds, intersection_union, per_sentence_iou,
                       summarize)
-from .network import DMN
 from .plots import plot_prediction_grid
 
 PREDICTIONS_FORMAT = "dmn-predictions/1"
@@ -125,17 +125,6 @@ def check_vocab(ckpt: dict, shards: Path, source: str) -> None:
         raise CheckpointError(
             f"{source} was trained with vocabulary sha256 {ckpt['vocab_sha256'][:12]}…, but "
             f"{shards}/vocab.json is {found[:12]}…: pass the --shards the run was trained on")
-
-
-def model_from_checkpoint(ckpt: dict, source: str) -> DMN:
-    """Rebuild the DMN from a checkpoint's config and load its weights (strict)."""
-    try:
-        model = DMN(DMNConfig.from_dict(ckpt["model_config"]), int(ckpt["vocab_size"]))
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(f"{source}: its model config is not valid here "
-                              f"({str(err).splitlines()[0][:200]})") from None
-    load_weights(model, ckpt["model"], source)
-    return model
 
 
 class PredictionWriter:

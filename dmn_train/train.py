@@ -28,13 +28,14 @@ from torch.nn.parallel import DistributedDataParallel
 from dmn_data.errors import DataError
 from dmn_data.manifest import read_manifest
 
-from . import checkpoint as ck
-from .checkpoint import CheckpointError
-from .config import DMNConfig, preset
+from dmn_model import checkpoint as ck
+from dmn_model.checkpoint import CheckpointError
+from dmn_model.config import DMNConfig, preset
+from dmn_model.network import DMN
+
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_from_main, unwrap
 from .evaluate import check_split, predict, vocab_sha256
 from .losses import masked_bce_with_logits, soft_iou_loss
-from .network import DMN
 from .plots import plot_curves
 
 SCHEDULES = ("constant", "cosine")
