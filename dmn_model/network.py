@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,15 @@ from .config import DMNConfig
 from .sru import make_rnn
 from .synthesis import Synthesis
 from .upsampling import Upsampling
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """What :meth:`DMN.encode_image` computes once per image: the backbone's feature maps, finest
+    first (``(N, C_i, ⌈H/r_i⌉, ⌈W/r_i⌉)``), and the ``(H, W)`` of the images."""
+
+    maps: list[Tensor]
+    size: tuple[int, int]
 
 
 class DMN(nn.Module):
@@ -93,7 +103,7 @@ class DMN(nn.Module):
 
     def forward(self, images: Tensor, tokens: Tensor, lengths: Tensor, return_aux: bool = False
                 ) -> Tensor | tuple[Tensor, Tensor]:
-        """Segment the referred object.
+        """Segment the referred object: :meth:`encode_image` then :meth:`segment`.
 
         Args:
             images: ``(B, 3, H, W)`` float32, already :meth:`normalize`\\ d.
@@ -107,23 +117,55 @@ class DMN(nn.Module):
             ``return_aux``, the pair ``(logits, lowres_logits)`` (the same tensor twice in
             low-res mode). A sentence's logits do not depend on the padding around it.
         """
+        return self.segment(self.encode_image(images), tokens, lengths, return_aux=return_aux)
+
+    def encode_image(self, images: Tensor) -> ImageFeatures:
+        """The visual module alone, for ``(N, 3, H, W)`` normalized images. Run it once per image
+        and pass the result to :meth:`segment` with any number of sentences about those images."""
+        with self._frozen():
+            return ImageFeatures(self.backbone(images), (images.shape[-2], images.shape[-1]))
+
+    def segment(self, features: ImageFeatures, tokens: Tensor, lengths: Tensor,
+                image_index: Tensor | None = None, return_aux: bool = False
+                ) -> Tensor | tuple[Tensor, Tensor]:
+        """Language, synthesis and upsampling modules for ``B`` sentences.
+
+        Args:
+            features: :meth:`encode_image` of ``N`` images.
+            tokens, lengths: as :meth:`forward`, one row per sentence.
+            image_index: ``(B,)`` int64, the image (``0..N-1``) each sentence is about; None
+                means sentence ``i`` is about image ``i`` (``B == N``).
+            return_aux: as :meth:`forward`.
+
+        Returns:
+            as :meth:`forward`, one row per sentence (full resolution = the images' ``H × W``).
+        """
         steps = tokens.shape[1]
         if bool(((lengths < 1) | (lengths > steps)).any()):
             raise ValueError(f"lengths must be in 1..{steps} (tokens.shape[1]), "
                              f"got {lengths.tolist()}")
-        frozen = self.config.freeze and torch.is_grad_enabled()
-        with torch.no_grad() if frozen else contextlib.nullcontext():
-            features = self.backbone(images)
-            multimodal = self._multimodal(features[-1], tokens, lengths)
+        maps = features.maps
+        if image_index is not None:
+            maps = [f.index_select(0, image_index) for f in maps]
+        elif maps[-1].shape[0] != tokens.shape[0]:
+            raise ValueError(f"{tokens.shape[0]} sentences for {maps[-1].shape[0]} images: "
+                             "pass image_index")
+        with self._frozen():
+            multimodal = self._multimodal(maps[-1], tokens, lengths)
             lowres = self.collapse(multimodal)
         if self.upsampling is None:
             return (lowres, lowres) if return_aux else lowres
-        skips = [features[j] for j in self.skip_index]
+        skips = [maps[j] for j in self.skip_index]
         logits = self.upsampling(multimodal, skips)
-        if logits.shape[-2:] != images.shape[-2:]:
-            logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear",
+        if logits.shape[-2:] != features.size:
+            logits = F.interpolate(logits, size=features.size, mode="bilinear",
                                    align_corners=False)
         return (logits, lowres) if return_aux else logits
+
+    def _frozen(self):
+        """No autograd through the frozen part of a ``freeze`` model while training."""
+        frozen = self.config.freeze and torch.is_grad_enabled()
+        return torch.no_grad() if frozen else contextlib.nullcontext()
 
     def _multimodal(self, top: Tensor, tokens: Tensor, lengths: Tensor) -> Tensor:
         """``top (B, C, h, w)`` top backbone feature → multimodal map ``(B, hid_mixed, h, w)``."""

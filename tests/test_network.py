@@ -127,3 +127,17 @@ def test_cuda_matches_cpu():
         model.cuda()
         gpu = model(model.normalize(images.cuda()), tokens.cuda(), lengths.cuda())
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("high_res", [False, True])
+def test_one_image_encoded_once_serves_many_sentences(high_res):
+    torch.manual_seed(0)
+    model = DMN(_small(high_res=high_res), VOCAB).eval()
+    images, tokens, lengths = _batch()
+    with torch.no_grad():
+        per_pair = model(model.normalize(images[[1, 1, 1]]), tokens, lengths)
+        features = model.encode_image(model.normalize(images[1:2]))
+        shared = model.segment(features, tokens, lengths, image_index=torch.tensor([0, 0, 0]))
+        with pytest.raises(ValueError, match="pass image_index"):
+            model.segment(features, tokens, lengths)
+    torch.testing.assert_close(shared, per_pair)
