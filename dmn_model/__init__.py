@@ -3,5 +3,6 @@ its config and presets, and the checkpoint format. Training and evaluation live 
 
 from .config import PRESETS, DMNConfig, preset
 from .network import DMN
+from .segmenter import Prediction, Segmenter
 
-__all__ = ["DMN", "DMNConfig", "PRESETS", "preset"]
+__all__ = ["DMN", "DMNConfig", "PRESETS", "Prediction", "Segmenter", "preset"]

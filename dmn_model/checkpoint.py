@@ -13,6 +13,9 @@ Payload (``format = "dmn-checkpoint/1"``)::
     model_config     dataclasses.asdict(DMNConfig)
     train_config     dataclasses.asdict(TrainConfig)
     vocab_sha256     sha256 of the shards' vocab.json; vocab_size
+    vocab            the vocabulary itself, list[str] in id order (since the model-folder export;
+                     older checkpoints lack it, and dmn-export then finds the shards' vocab.json
+                     through train_config["shards"] and checks it against vocab_sha256)
     rng              torch CPU (+ CUDA) generator states, Python ``random`` and numpy states
 
 Everything is a tensor, str, int, float, bool, None, list, tuple or dict, so loading uses

@@ -1,7 +1,7 @@
 """Evaluation: a checkpoint on a split of shards → metrics at the original image resolution.
 
-Per sentence: the logits are resized to the model input (S × S) if coarser, the valid region
-(``resized_size``, top-left) is cropped and resized bilinearly to ``orig_size``, a sigmoid gives
+Per sentence (:mod:`dmn_model.postprocess`, shared with ``dmn-predict``): the logits are resized
+to the model input (S × S) if coarser, the valid region (``resized_size``, top-left) is cropped and resized bilinearly to ``orig_size``, a sigmoid gives
 probabilities, and I / U against the original-resolution mask are counted at every threshold of
 the sweep and at the fixed one (see :mod:`dmn_train.metrics`). Under torchrun every rank
 evaluates its share of the split and the sums are all-reduced.
@@ -25,7 +25,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import zarr
 from torch import nn
 
@@ -35,6 +34,7 @@ from dmn_data.masks import decode_rle
 
 from dmn_model.checkpoint import (CheckpointError, latest_run, load_checkpoint,
                                   model_from_checkpoint, run_checkpoint)
+from dmn_model.postprocess import original_probs, to_input_size
 
 from .distributed import DistInfo, all_reduce_sum, barrier, gather_to_main, unwrap
 from .metrics import (IoUAccumulator, eval_thresholds, intersection_union, per_sentence_iou,
@@ -232,17 +232,13 @@ def predict(model: nn.Module, loader, device: torch.device, info: DistInfo, *, t
         with autocast:
             logits = model(model.normalize(images), batch["tokens"].to(device),
                            batch["lengths"].to(device))
-        side = images.shape[-2:]
-        logits = logits.float()
-        if logits.shape[-2:] != side:
-            logits = F.interpolate(logits, size=side, mode="bilinear", align_corners=False)
+        logits = to_input_size(logits, images.shape[-2:])
         inter, union = [], []
         for b in range(images.shape[0]):
-            (h, w), (oh, ow) = batch["resized_size"][b].tolist(), batch["orig_size"][b].tolist()
-            full = F.interpolate(logits[b:b + 1, :, :h, :w], size=(oh, ow), mode="bilinear",
-                                 align_corners=False)
+            full = original_probs(logits[b:b + 1], batch["resized_size"][b].tolist(),
+                                  batch["orig_size"][b].tolist())
             gt = torch.from_numpy(decode_rle(batch["mask_rle"][b])).to(device)
-            i_b, u_b = intersection_union(torch.sigmoid(full[0, 0]), gt, thr)
+            i_b, u_b = intersection_union(full, gt, thr)
             inter.append(i_b.cpu().numpy())
             union.append(u_b.cpu().numpy())
         inter_np, union_np = np.stack(inter), np.stack(union)

@@ -167,14 +167,15 @@ def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
     return [r for r in rows if r["step"] <= up_to_step]
 
 
-def _payload(model, optimizer, cfg, model_cfg, step, epoch, best, vocab_sha, vocab_size, lr):
+def _payload(model, optimizer, cfg, model_cfg, step, epoch, best, vocab_sha, vocab, lr):
     return {
         "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": {"kind": cfg.schedule, "lr": lr, "base_lr": cfg.lr,
                       "warmup_steps": cfg.warmup_steps, "min_lr": cfg.min_lr},
         "step": step, "epoch": epoch, "best_val_iou": best,
         "model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(cfg),
-        "vocab_sha256": vocab_sha, "vocab_size": vocab_size, "rng": ck.rng_state(),
+        "vocab_sha256": vocab_sha, "vocab_size": len(vocab), "vocab": list(vocab),
+        "rng": ck.rng_state(),
     }
 
 
@@ -310,7 +311,7 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
     def save(name: str, lr: float) -> None:
         ck.save_checkpoint(ck.checkpoint_dir(out) / name, _payload(
             model, optimizer, cfg, model_cfg, step, step // steps_per_epoch, best, vocab_sha,
-            len(loader.vocab), lr))
+            loader.vocab, lr))
 
     # ---- the loop -----------------------------------------------------------------------------
     bar = _bar(total_steps, step, cfg.progress and info.is_main)
