@@ -131,11 +131,12 @@ class Segmenter:
         """
         path = Path(source)
         if path.is_dir():
-            if (path / CONFIG_NAME).exists() or (path / WEIGHTS_NAME).exists():
-                return cls._from_folder(path, device=device, dtype=dtype)
+            # A run directory also holds a config.json (the training one): checkpoints/ decides.
             if (path / "checkpoints").is_dir():
                 return cls._from_checkpoint(run_checkpoint(path), path, device=device,
                                             dtype=dtype, vocab=vocab)
+            if (path / CONFIG_NAME).exists() or (path / WEIGHTS_NAME).exists():
+                return cls._from_folder(path, device=device, dtype=dtype)
             raise CheckpointError(f"{path} is neither a model folder ({', '.join(REQUIRED_FILES)})"
                                   " nor a run directory (checkpoints/best.pt or last.pt)")
         if path.is_file():

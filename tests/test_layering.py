@@ -8,7 +8,8 @@ import pytest
 # Importing every module of a package must not pull in the packages downstream of it.
 CASES = [
     ("dmn_data", ("dmn_model", "dmn_train")),
-    ("dmn_model", ("dmn_train",)),
+    ("dmn_model", ("dmn_train", "dmn_serve")),
+    ("dmn_serve", ("dmn_train",)),
 ]
 
 
