@@ -65,3 +65,11 @@ def test_colour_probe_runs_on_toy_shards(tmp_path):
     assert all(0.0 <= float(ln.split()[-1]) <= 1.0 for ln in stages)
     # Colour is plain to read at the first stage, even untrained.
     assert float(stages[0].split()[-1]) >= 0.8
+
+
+def test_bench_predict_quick(tmp_path):
+    r = _run([sys.executable, REPO / "pipelines/bench_predict.py", "--quick", "--threads", "1"],
+             tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    row = [ln for ln in r.stdout.splitlines() if ln.startswith("| tiny")]
+    assert len(row) == 1 and len(row[0].split("|")) == 9

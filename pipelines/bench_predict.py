@@ -1,0 +1,70 @@
+"""Benchmark Segmenter.predict on one image: 1 phrase vs 8 phrases (CPU, random weights).
+
+    .venv/bin/python pipelines/bench_predict.py           # tiny and paper configs (minutes)
+    .venv/bin/python pipelines/bench_predict.py --quick   # seconds: tiny config, small image
+
+The visual backbone runs once per image whatever the number of phrases, so 8 phrases should cost
+at most 1.5× one phrase (the target of issue 12). Times are the fastest of a few repeats (other
+jobs on the cores only ever add time). Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from dmn_model import DMN, Segmenter, preset
+
+VOCAB = 2000
+PHRASES = ["the man on the left", "a red car", "the woman in the blue shirt", "left dog",
+           "the big tree behind the fence", "white plate", "the second bottle from the right",
+           "sky"]
+
+
+def fastest(call, repeats: int) -> float:
+    call()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench(name: str, size: int, image_hw: tuple[int, int], repeats: int) -> dict:
+    torch.manual_seed(0)
+    vocab = ["<pad>", "<unk>", *sorted({w for p in PHRASES for w in p.split()})]
+    vocab += [f"w{i}" for i in range(VOCAB - len(vocab))]
+    seg = Segmenter(DMN(preset(name), len(vocab)), vocab, input_size=size, device="cpu")
+    image = np.random.default_rng(0).integers(0, 256, (*image_hw, 3), dtype=np.uint8)
+    one = fastest(lambda: seg.predict(image, PHRASES[:1]), repeats)
+    eight = fastest(lambda: seg.predict(image, PHRASES), repeats)
+    return {"config": name, "size": size, "image": f"{image_hw[1]}x{image_hw[0]}",
+            "one": one, "eight": eight, "ratio": eight / one}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny config only, a smoke test")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cases = ([("tiny", 64, (48, 80))] if args.quick else
+             [("tiny", 96, (480, 640)), ("paper", 512, (480, 640))])
+    repeats = 1 if args.quick else args.repeats
+    print(f"predict on one image, CPU, {args.threads} thread(s), fastest of {repeats}\n")
+    print("| config | input | image | 1 phrase (s) | 8 phrases (s) | 8 / 1 | target ≤ 1.5 |")
+    print("|---|---:|---|---:|---:|---:|---|")
+    for name, size, hw in cases:
+        r = bench(name, size, hw, repeats)
+        ok = "yes" if r["ratio"] <= 1.5 else "no"
+        print(f"| {r['config']} | {r['size']} | {r['image']} | {r['one']:.3f} | {r['eight']:.3f} "
+              f"| {r['ratio']:.2f} | {ok} |")
+
+
+if __name__ == "__main__":
+    main()
