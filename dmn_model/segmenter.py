@@ -290,10 +290,7 @@ class Segmenter:
             im = ImageOps.exif_transpose(image) if exif_transpose else image
             rgb = _resize(im.convert("RGB"), size)
         elif isinstance(image, np.ndarray):
-            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                raise ValueError(f"an image array must be (H, W, 3) uint8 RGB, got "
-                                 f"{image.shape} {image.dtype}")
-            rgb = _resize(Image.fromarray(np.ascontiguousarray(image)), size)
+            rgb = _resize(_array_image(image), size)
         else:
             raise ValueError(f"image must be a path, a PIL image or a uint8 array, got "
                              f"{type(image).__name__}")
@@ -312,7 +309,8 @@ class Segmenter:
         """Segment what each phrase refers to; the visual backbone runs once for all phrases.
 
         Args:
-            image: a path, a PIL image, or an ``(H, W, 3)`` uint8 RGB array.
+            image: a path, a PIL image, or an ``(H, W, 3)`` uint8 RGB array (``(H, W)`` grey
+                and ``(H, W, 4)`` RGBA arrays are converted).
             phrases: one phrase or a list of them.
             explain: also return each word's dynamic-filter response map.
             threshold: mask threshold (default: the model's, usually 0.5).
@@ -381,6 +379,17 @@ def _resize(im: Image.Image, size: int) -> np.ndarray:
     if im.size != (tw, th):
         im = im.resize((tw, th), Image.BILINEAR)
     return np.asarray(im)
+
+
+def _array_image(image: np.ndarray) -> Image.Image:
+    """An ``(H, W, 3)`` uint8 RGB array (grey ``(H, W)`` and RGBA ``(H, W, 4)`` are converted,
+    alpha dropped) as a PIL RGB image."""
+    ok = image.dtype == np.uint8 and (image.ndim == 2 or (image.ndim == 3
+                                                          and image.shape[2] in (3, 4)))
+    if not ok or min(image.shape[:2]) < 1:
+        raise ValueError(f"an image array must be (H, W, 3) uint8 RGB, got "
+                         f"{image.shape} {image.dtype}")
+    return Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
 
 
 def _orig_size(image: Any, rgb: np.ndarray, exif_transpose: bool) -> tuple[int, int]:
