@@ -1,10 +1,11 @@
 """Evaluation: a checkpoint on a split of shards → metrics at the original image resolution.
 
 Per sentence (:mod:`dmn_model.postprocess`, shared with ``dmn-predict``): the logits are resized
-to the model input (S × S) if coarser, the valid region (``resized_size``, top-left) is cropped and resized bilinearly to ``orig_size``, a sigmoid gives
-probabilities, and I / U against the original-resolution mask are counted at every threshold of
-the sweep and at the fixed one (see :mod:`dmn_train.metrics`). Under torchrun every rank
-evaluates its share of the split and the sums are all-reduced.
+to the model input (S × S) if coarser, the valid region (``resized_size``, top-left) is cropped
+and resized bilinearly to ``orig_size``, a sigmoid gives probabilities, and I / U against the
+original-resolution mask are counted at every threshold of the sweep and at the fixed one (see
+:mod:`dmn_train.metrics`). Under torchrun every rank evaluates its share of the split and the sums
+are all-reduced.
 
 Outputs in ``<out>`` (default ``runs/<name>/eval/<split>/``): ``metrics.json``,
 ``predictions.zarr`` (per-sentence ids, I and U per threshold, probability maps) and
