@@ -59,18 +59,23 @@ class SRULayer(nn.Module):
             mask_pad: ``(T, B)`` bool, True = padding; None = no padding.
 
         Returns:
-            h: ``(T, B, hidden_size)``, 0 at padded steps.
-            c: ``(B, hidden_size)`` cell state after each sequence's last valid step.
+            h: ``(T, B, hidden_size)``, 0 at padded steps; fp32 when ``x`` or autocast is bf16/fp16
+                (the recurrence runs in fp32), else ``x``'s dtype.
+            c: ``(B, hidden_size)`` cell state after each sequence's last valid step, same dtype.
         """
         steps, batch, _ = x.shape
         u = (x.reshape(steps * batch, self.input_size) @ self.weight.flatten(1))
         u = u.view(steps, batch, self.k, self.hidden_size)
+        # Under autocast the matmul is bf16; the recurrence and its gates run in fp32 so the cell
+        # state keeps full precision over the steps (and lerp sees one dtype). No-op in fp32/fp64.
+        state_dtype = torch.promote_types(u.dtype, torch.float32)
+        u = u.to(state_dtype)
         x_tilde = u[:, :, 0]
-        forget = torch.sigmoid(u[:, :, 1] + self.bias[0])
-        reset = torch.sigmoid(u[:, :, 2] + self.bias[1])
-        highway = u[:, :, 3] if self.k == 4 else x
+        forget = torch.sigmoid(u[:, :, 1] + self.bias[0].to(state_dtype))
+        reset = torch.sigmoid(u[:, :, 2] + self.bias[1].to(state_dtype))
+        highway = u[:, :, 3] if self.k == 4 else x.to(state_dtype)
 
-        c = x.new_zeros(batch, self.hidden_size)
+        c = u.new_zeros(batch, self.hidden_size)
         cells = []
         for t in range(steps):
             # c_t = f_t * c_{t-1} + (1 - f_t) * x~_t == lerp(x~_t, c_{t-1}, f_t)
