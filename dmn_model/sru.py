@@ -178,4 +178,4 @@ def sru_recurrence(x_tilde: Tensor, forget: Tensor, mask_pad: Tensor | None) -> 
     ``mask_pad`` ``(T, B)`` bool (True = padding: the state is carried)."""
     keep = (torch.zeros(x_tilde.shape[:2], dtype=torch.bool, device=x_tilde.device)
             if mask_pad is None else mask_pad)
-    return _SRURecurrence.apply(x_tilde, forget, keep[:, :, None].expand_as(x_tilde).contiguous())
+    return _SRURecurrence.apply(x_tilde, forget, keep[:, :, None])  # (T, B, 1): broadcast
