@@ -59,25 +59,26 @@ class SRULayer(nn.Module):
             mask_pad: ``(T, B)`` bool, True = padding; None = no padding.
 
         Returns:
-            h: ``(T, B, hidden_size)``, 0 at padded steps.
-            c: ``(B, hidden_size)`` cell state after each sequence's last valid step.
+            h: ``(T, B, hidden_size)``, 0 at padded steps; fp32 when ``x`` or autocast is bf16/fp16
+                (the recurrence runs in fp32), else ``x``'s dtype.
+            c: ``(B, hidden_size)`` cell state after each sequence's last valid step, same dtype.
         """
         steps, batch, _ = x.shape
         u = (x.reshape(steps * batch, self.input_size) @ self.weight.flatten(1))
         u = u.view(steps, batch, self.k, self.hidden_size)
+        # Under autocast the matmul is bf16; the recurrence and its gates run in fp32 so the cell
+        # state keeps full precision over the steps (and lerp sees one dtype). No-op in fp32/fp64.
+        state_dtype = torch.promote_types(u.dtype, torch.float32)
+        u = u.to(state_dtype)
         x_tilde = u[:, :, 0]
-        forget = torch.sigmoid(u[:, :, 1] + self.bias[0])
-        reset = torch.sigmoid(u[:, :, 2] + self.bias[1])
-        highway = u[:, :, 3] if self.k == 4 else x
+        forget = torch.sigmoid(u[:, :, 1] + self.bias[0].to(state_dtype))
+        reset = torch.sigmoid(u[:, :, 2] + self.bias[1].to(state_dtype))
+        highway = u[:, :, 3] if self.k == 4 else x.to(state_dtype)
 
-        c = x.new_zeros(batch, self.hidden_size)
-        cells = []
-        for t in range(steps):
-            # c_t = f_t * c_{t-1} + (1 - f_t) * x~_t == lerp(x~_t, c_{t-1}, f_t)
-            c_next = torch.lerp(x_tilde[t], c, forget[t])
-            c = c_next if mask_pad is None else torch.where(mask_pad[t, :, None], c, c_next)
-            cells.append(c)
-        h = torch.lerp(highway, torch.tanh(torch.stack(cells)), reset)
+        # c_t = f_t * c_{t-1} + (1 - f_t) * x~_t == lerp(x~_t, c_{t-1}, f_t), as one autograd node.
+        cells = sru_recurrence(x_tilde, forget, mask_pad)
+        c = cells[-1]  # padded steps carry the state, so the last row is each sequence's final c
+        h = torch.lerp(highway, torch.tanh(cells), reset)
         if mask_pad is not None:
             h = h.masked_fill(mask_pad[:, :, None], 0.0)
         return h, c
@@ -136,3 +137,45 @@ def make_rnn(lstm: bool, input_size: int, hidden_size: int, num_layers: int) -> 
     """The recurrent net the config asks for: :class:`LSTM` if ``lstm`` else :class:`SRU`."""
     cls = LSTM if lstm else SRU
     return cls(input_size, hidden_size, num_layers)
+
+
+class _SRURecurrence(torch.autograd.Function):
+    """``c_t = where(pad_t, c_{t-1}, lerp(x~_t, c_{t-1}, f_t))`` for all t as one autograd node.
+
+    Saves the inputs and the cells ``(T, B, H)`` only, instead of autograd's per-step lerp/where
+    intermediates; backward runs the recurrence in reverse.
+    """
+
+    @staticmethod
+    def forward(ctx, x_tilde: Tensor, forget: Tensor, keep: Tensor) -> Tensor:
+        steps = x_tilde.shape[0]
+        cells = x_tilde.new_empty(x_tilde.shape)
+        c = x_tilde.new_zeros(x_tilde.shape[1:])
+        for t in range(steps):
+            c = torch.where(keep[t], c, torch.lerp(x_tilde[t], c, forget[t]))
+            cells[t] = c
+        ctx.save_for_backward(x_tilde, forget, keep, cells)
+        return cells
+
+    @staticmethod
+    def backward(ctx, grad_cells: Tensor):
+        x_tilde, forget, keep, cells = ctx.saved_tensors
+        grad_x = torch.zeros_like(x_tilde)
+        grad_f = torch.zeros_like(forget)
+        g = torch.zeros_like(x_tilde[0])  # dL/dc_t flowing back from later steps
+        for t in range(x_tilde.shape[0] - 1, -1, -1):
+            g = g + grad_cells[t]
+            prev = cells[t - 1] if t > 0 else torch.zeros_like(g)
+            upd = ~keep[t]
+            grad_x[t] = torch.where(upd, g * (1 - forget[t]), 0.0)
+            grad_f[t] = torch.where(upd, g * (prev - x_tilde[t]), 0.0)
+            g = torch.where(upd, g * forget[t], g)
+        return grad_x, grad_f, None
+
+
+def sru_recurrence(x_tilde: Tensor, forget: Tensor, mask_pad: Tensor | None) -> Tensor:
+    """All cell states ``(T, B, H)`` from ``x~`` and ``f`` ``(T, B, H)`` (same float dtype) and
+    ``mask_pad`` ``(T, B)`` bool (True = padding: the state is carried)."""
+    keep = (torch.zeros(x_tilde.shape[:2], dtype=torch.bool, device=x_tilde.device)
+            if mask_pad is None else mask_pad)
+    return _SRURecurrence.apply(x_tilde, forget, keep[:, :, None])  # (T, B, 1): broadcast

@@ -50,6 +50,7 @@ def eval_cmd(
                                          "(writes to <run>/eval/<split>-ablate-language).")] = False,
     from_predictions: Annotated[Optional[Path], Opt(help="Recompute the metrics from a predictions.zarr, without the model.")] = None,
     progress: Annotated[bool, Opt("--progress/--no-progress", help="Progress bar.")] = True,
+    amp: Annotated[Optional[bool], Opt("--amp/--no-amp", help="bf16 autocast (default: the run's training setting).")] = None,
 ) -> None:
     """Write metrics.json, predictions.zarr and best_worst.png to <run>/eval/<split>/."""
     if from_predictions is not None:
@@ -64,7 +65,7 @@ def eval_cmd(
                      threshold=0.5 if threshold is None else threshold, batch_size=batch_size,
                      workers=workers, out=str(out) if out else None, device=device.value,
                      predictions=predictions, grid=grid, ablate_language=ablate_language,
-                     progress=progress)
+                     progress=progress, amp=amp)
     info = dist_info_from_env()
     device_ = select_device(info, cfg.device)
     init_process_group(info, device_)

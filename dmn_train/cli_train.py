@@ -127,7 +127,7 @@ def train_cmd(
     seed: Annotated[Optional[int], Opt(help="Random seed.")] = None,
     workers: Annotated[Optional[int], Opt("--workers", "-j", "--num-workers", help="Data loading processes.")] = None,
     device: Annotated[Optional[Device], Opt(help="auto = this process's GPU if any, else CPU.")] = None,
-    amp: Annotated[Optional[bool], Opt("--amp/--no-amp", help="bf16 autocast on CUDA.")] = None,
+    amp: Annotated[Optional[bool], Opt("--amp/--no-amp", help="bf16 autocast (default: on for CUDA, off on CPU; --amp also works on CPU).")] = None,
     compile: Annotated[Optional[bool], Opt("--compile/--no-compile", help="torch.compile the model.")] = None,
     progress: Annotated[Optional[bool], Opt("--progress/--no-progress", help="Progress bar.")] = None,
 ) -> None:

@@ -66,6 +66,8 @@ class EvalConfig:
     # (single-ref images left out); a model that reads the words must score far lower.
     ablate_language: bool = False
     progress: bool = True
+    # bf16 autocast; None = the run's training setting (see :func:`autocast_context`).
+    amp: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -197,10 +199,27 @@ def merge_parts(parts: list[Path], out: Path, attrs: dict) -> None:
     zarr.open_group(str(out), mode="r+").attrs.update(attrs)
 
 
+def autocast_context(amp: bool | None, device: torch.device):
+    """The autocast context for ``amp``: True = bf16 on CUDA and CPU, False = fp32,
+    None = the default (bf16 on CUDA, fp32 on CPU so CPU runs keep their fp32 numbers)."""
+    if amp is None:
+        amp = device.type == "cuda"
+    if amp and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def enable_tf32(device: torch.device) -> None:
+    """TF32 for the fp32 matmuls/convs left outside autocast (Ampere and newer); no-op on CPU."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, loader, device: torch.device, info: DistInfo, *, threshold: float,
             writer: PredictionWriter | None = None, keep: int = 0, max_batches: int = 0,
-            amp: bool = False, progress: bool = False) -> tuple[IoUAccumulator, list[dict]]:
+            amp: bool | None = False, progress: bool = False) -> tuple[IoUAccumulator, list[dict]]:
     """Run ``model`` over ``loader`` and count I / U per sentence at the original resolution.
 
     Args:
@@ -210,6 +229,7 @@ def predict(model: nn.Module, loader, device: torch.device, info: DistInfo, *, t
         writer: receives per-sentence results when given.
         keep: how many best and worst sentences (IoU at ``threshold``) to return, with images.
         max_batches: stop after this many batches per rank (0 = all).
+        amp: as :func:`autocast_context`.
 
     Returns:
         The accumulator summed over ranks, and on rank 0 the ``keep`` best then ``keep`` worst
@@ -223,8 +243,7 @@ def predict(model: nn.Module, loader, device: torch.device, info: DistInfo, *, t
     thr = torch.tensor(thresholds, dtype=torch.float64)
     acc = IoUAccumulator(thresholds)
     kept: list[dict] = []
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda"
-                else nullcontext())
+    autocast = autocast_context(amp, device)
     batches = _progress(loader, progress and info.is_main, "eval")
     for i, batch in enumerate(batches):
         if max_batches and i >= max_batches:
@@ -311,9 +330,11 @@ def evaluate(cfg: EvalConfig, info: DistInfo, device: torch.device,
     thresholds = eval_thresholds(cfg.threshold)
     part = where.out / f".predictions.rank{info.rank}.zarr"
     writer = (PredictionWriter(part, where.size, len(thresholds)) if cfg.predictions else None)
+    enable_tf32(device)
+    amp = cfg.amp if cfg.amp is not None else (ckpt.get("train_config") or {}).get("amp")
     start = time.time()
     acc, extremes = predict(model, loader, device, info, threshold=cfg.threshold, writer=writer,
-                            keep=cfg.grid, amp=True, progress=cfg.progress)
+                            keep=cfg.grid, amp=amp, progress=cfg.progress)
     if writer is not None:
         writer.close()
     metrics = {

@@ -34,7 +34,7 @@ from dmn_model.config import DMNConfig, preset
 from dmn_model.network import DMN
 
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_from_main, unwrap
-from .evaluate import check_split, predict, vocab_sha256
+from .evaluate import autocast_context, enable_tf32, check_split, predict, vocab_sha256
 from .losses import masked_bce_with_logits, soft_iou_loss
 from .plots import plot_curves
 
@@ -83,7 +83,7 @@ class TrainConfig:
     seed: int = 1111  # the original's seed
     # Runtime.
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # bf16 autocast (CUDA only)
+    amp: bool | None = None  # bf16 autocast: True = on (CUDA or CPU), None = on for CUDA only
     compile: bool = False  # torch.compile the model
     progress: bool = True  # progress bar on rank 0
 
@@ -237,7 +237,7 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
     loader = make_loader(str(shards), cfg.split, size=cfg.size, batch_size=cfg.batch_size,
                          train=True, workers=cfg.workers, seed=cfg.seed, rank=info.rank,
                          world_size=info.world_size, flip=cfg.flip,
-                         epoch_batches=cfg.epoch_batches)
+                         epoch_batches=cfg.epoch_batches, pin_memory=device.type == "cuda")
     val_loader = None
     if cfg.val_split is not None:
         val_loader = make_loader(str(shards), cfg.val_split, size=cfg.size,
@@ -282,8 +282,8 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
             find_unused_parameters=unused)
     if cfg.compile:
         train_model = torch.compile(train_model)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and device.type == "cuda"
-                else nullcontext())
+    autocast = autocast_context(cfg.amp, device)
+    enable_tf32(device)
 
     # ---- files (rank 0) -----------------------------------------------------------------------
     metrics_path, curves_path = out / "metrics.jsonl", out / "curves.png"

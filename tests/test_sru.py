@@ -72,3 +72,32 @@ def test_gradients_flow_only_through_valid_steps():
 def test_make_rnn_picks_the_cell():
     assert isinstance(make_rnn(False, 3, 4, 1), SRU)
     assert isinstance(make_rnn(True, 3, 4, 1), LSTM)
+
+
+def _loop_recurrence(x_tilde, forget, mask_pad):
+    """The per-step lerp/where loop the SRU used before the fused autograd function."""
+    c = x_tilde.new_zeros(x_tilde.shape[1:])
+    cells = []
+    for t in range(x_tilde.shape[0]):
+        c = torch.where(mask_pad[t, :, None], c, torch.lerp(x_tilde[t], c, forget[t]))
+        cells.append(c)
+    return torch.stack(cells)
+
+
+def test_fused_recurrence_matches_the_loop_and_gradchecks():
+    from dmn_model.sru import sru_recurrence
+    torch.manual_seed(0)
+    steps, batch, hidden = 6, 3, 5
+    x_tilde = torch.randn(steps, batch, hidden, dtype=torch.float64, requires_grad=True)
+    forget = torch.rand(steps, batch, hidden, dtype=torch.float64, requires_grad=True)
+    mask = torch.zeros(steps, batch, dtype=torch.bool)
+    mask[4:, 1] = True
+    mask[5:, 2] = True
+    fused, loop = sru_recurrence(x_tilde, forget, mask), _loop_recurrence(x_tilde, forget, mask)
+    assert torch.equal(fused, loop)
+    grad = torch.randn_like(fused)
+    for a, b in zip(torch.autograd.grad(fused, (x_tilde, forget), grad),
+                    torch.autograd.grad(loop, (x_tilde, forget), grad)):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x, f: sru_recurrence(x, f, mask), (x_tilde, forget))
+    assert torch.autograd.gradcheck(lambda x, f: sru_recurrence(x, f, None), (x_tilde, forget))
