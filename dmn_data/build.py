@@ -200,6 +200,12 @@ def build(cfg: BuildConfig, *, progress: bool = True, log: Callable[[str], None]
         ]
     _write_all(ddir, tasks, cfg.workers, progress)
     manifest = _manifest(cfg, ddir, source, splits, tasks, options, fingerprint, len(vocab), vocab_sha)
+    if manifest["totals"]["images"] == 0:
+        # no manifest: an empty build must not look like a dataset to train on (a wrong
+        # --image-root skips every image)
+        reasons = ", ".join(f"{k}: {v}" for k, v in manifest["skipped"].items()) or "none"
+        example = next((v[0] for v in manifest["skipped_examples"].values() if v), "")
+        raise DataError(f"{cfg.dataset}: every image was skipped ({reasons}), e.g. {example}; check --data-root/--image-root")
     write_json_atomic(ddir / MANIFEST, manifest)
     shutil.rmtree(ddir / STATE_DIR, ignore_errors=True)
     return manifest

@@ -66,6 +66,19 @@ class EvalConfig:
     ablate_language: bool = False
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        # nonsense numbers are refused here: --grid -1 used to loop forever, --size 0 was ignored
+        if self.size is not None and self.size < 1:
+            raise ValueError(f"--size must be >= 1, got {self.size}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.grid < 0:
+            raise ValueError(f"--grid must be >= 0, got {self.grid}")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be >= 0, got {self.workers}")
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"--threshold must be in [0, 1), got {self.threshold}")
+
 
 @dataclass(frozen=True)
 class Resolved:

@@ -103,6 +103,10 @@ class TrainConfig:
                              f"min_lr={self.min_lr}")
         if not 0.0 <= self.threshold < 1.0:
             raise ValueError(f"--threshold must be in [0, 1), got {self.threshold}")
+        # a negative clip norm flips the gradient (ascent), a negative weight rewards a worse loss
+        for name in ("grad_clip", "aux_weight"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
 
 
 #: Training-side presets; the model side is ``dmn_model.config.preset`` of the same name.

@@ -72,3 +72,29 @@ def test_image_file_names_that_leave_the_image_root_are_counted(tmp_path):
     manifest = build(BuildConfig(dataset="unc", out=tmp_path / "out", data_root=root), progress=False)
     assert manifest["skipped"]["unsafe_path"] == 2
     assert manifest["totals"]["images"] == 4 * 2 - 2
+
+
+def test_build_where_every_image_is_skipped_fails(tmp_path):
+    """Issue 15 item 6: a wrong --image-root skips every image; no manifest, one-line error."""
+    root = tmp_path / "data"
+    make_refer_root(root, images_per_split=1)
+    with pytest.raises(DataError, match="every image was skipped .*missing_image"):
+        build(BuildConfig(dataset="unc", out=tmp_path / "out", data_root=root, image_root=tmp_path / "nowhere"), progress=False)
+    assert not (tmp_path / "out" / "unc" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("field,value", [("grad_clip", -1.0), ("aux_weight", -0.5), ("grad_clip", float("nan")),
+                                         ("aux_weight", float("inf"))])
+def test_train_refuses_negative_clip_and_weight(field, value):
+    from dmn_train.train import TrainConfig
+
+    with pytest.raises(ValueError, match=f"--{field.replace('_', '-')} must be a finite number >= 0"):
+        TrainConfig(shards="x", **{field: value})
+
+
+@pytest.mark.parametrize("field,value", [("size", 0), ("grid", -1), ("batch_size", 0), ("workers", -1)])
+def test_eval_refuses_nonsense_numbers(field, value):
+    from dmn_train.evaluate import EvalConfig
+
+    with pytest.raises(ValueError, match=f"--{field.replace('_', '-')} must be >= "):
+        EvalConfig(split="val", **{field: value})
