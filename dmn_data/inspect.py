@@ -32,6 +32,11 @@ def iter_tar_samples(path: Path) -> Iterator[tuple[str, str, bytes, dict]]:
                 if key is not None and k != key:
                     yield _pair(path, key, pending)
                     pending = {}
+                # the same rules as the training stream: regular files only, each name once
+                if not member.isfile():
+                    raise DataError(f"{path}: member {member.name!r} is not a regular file; rebuild the shard with dmn-data build")
+                if ext in pending and k == key:
+                    raise DataError(f"{path}: duplicate member {member.name!r} (training refuses this shard); rebuild it with dmn-data build")
                 key = k
                 pending[ext] = tar.extractfile(member).read()
             if key is not None:

@@ -65,6 +65,7 @@ class EvalConfig:
     # (single-ref images left out); a model that reads the words must score far lower.
     ablate_language: bool = False
     progress: bool = True
+    verify_sha256: bool = True  # hash each shard as it is read, against the manifest
 
     def __post_init__(self) -> None:
         # nonsense numbers are refused here: --grid -1 used to loop forever, --size 0 was ignored
@@ -318,7 +319,8 @@ def evaluate(cfg: EvalConfig, info: DistInfo, device: torch.device,
     model = model_from_checkpoint(ckpt, str(where.checkpoint)).to(device)
     loader = make_loader(str(where.shards), cfg.split, size=where.size, batch_size=cfg.batch_size,
                          train=False, workers=cfg.workers, rank=info.rank,
-                         world_size=info.world_size, ablate_language=cfg.ablate_language)
+                         world_size=info.world_size, ablate_language=cfg.ablate_language,
+                         verify_sha256=cfg.verify_sha256)
     if info.is_main:
         where.out.mkdir(parents=True, exist_ok=True)
         log(f"evaluating {where.checkpoint} (step {ckpt.get('step', '?')}) on {where.shards} "

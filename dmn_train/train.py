@@ -86,6 +86,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast (CUDA only)
     compile: bool = False  # torch.compile the model
     progress: bool = True  # progress bar on rank 0
+    verify_sha256: bool = True  # hash each shard as it is read, against the manifest
 
     def __post_init__(self) -> None:
         positive = ("size", "batch_size", "epochs", "accum_iters", "log_every")
@@ -240,12 +241,13 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
     loader = make_loader(str(shards), cfg.split, size=cfg.size, batch_size=cfg.batch_size,
                          train=True, workers=cfg.workers, seed=cfg.seed, rank=info.rank,
                          world_size=info.world_size, flip=cfg.flip,
-                         epoch_batches=cfg.epoch_batches)
+                         epoch_batches=cfg.epoch_batches, verify_sha256=cfg.verify_sha256)
     val_loader = None
     if cfg.val_split is not None:
         val_loader = make_loader(str(shards), cfg.val_split, size=cfg.size,
                                  batch_size=cfg.eval_batch_size or cfg.batch_size, train=False,
-                                 workers=cfg.workers, rank=info.rank, world_size=info.world_size)
+                                 workers=cfg.workers, rank=info.rank, world_size=info.world_size,
+                                 verify_sha256=cfg.verify_sha256)
     steps_per_epoch = len(loader) // cfg.accum_iters
     if steps_per_epoch < 1:
         raise DataError(f"{cfg.split} gives {len(loader)} batches per rank, fewer than "

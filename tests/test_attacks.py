@@ -98,3 +98,119 @@ def test_eval_refuses_nonsense_numbers(field, value):
 
     with pytest.raises(ValueError, match=f"--{field.replace('_', '-')} must be >= "):
         EvalConfig(split="val", **{field: value})
+
+
+def _one_byte_changed(tar: Path) -> None:
+    """Change one digit inside a sample's JSON (a token id or an RLE character): same size, valid tar."""
+    data = bytearray(tar.read_bytes())
+    at = data.index(b'"ids": [') + len(b'"ids": [') if b'"ids": [' in data else data.index(b'"ids":[') + len(b'"ids":[')
+    data[at] = ord("1") if data[at] != ord("1") else ord("2")
+    tar.write_bytes(bytes(data))
+
+
+def test_changed_shard_fails_its_sha256_as_it_is_read(tmp_path):
+    """Issue 15 item 4: one changed token id trains with exit 0 unless the stream checks the sha256."""
+    from dmn_data.stream import make_loader
+    from shardgen import write_dataset
+
+    ddir = write_dataset(tmp_path, splits={"train": 2, "val": 2}, shard_size=2)
+    _one_byte_changed(next((ddir / "val").glob("*.tar")))
+    with pytest.raises(DataError, match="does not match the sha256"):
+        list(make_loader(ddir, "val", size=32, batch_size=2, train=False, workers=0))
+    # the documented way out: skip the check (the data is then read as it is)
+    assert list(make_loader(ddir, "val", size=32, batch_size=2, train=False, workers=0, verify_sha256=False))
+
+
+def test_val_shards_renamed_to_test_are_refused(tmp_path):
+    """Issue 15 item 4: val shards placed under the test split's name score as "test" unless each
+    sample's split is checked."""
+    from dmn_data.stream import make_loader
+    from shardgen import write_dataset
+
+    ddir = write_dataset(tmp_path, splits={"train": 2, "val": 2}, shard_size=2)
+    manifest = json.loads((ddir / "manifest.json").read_text())
+    manifest["splits"]["test"] = manifest["splits"]["val"]
+    (ddir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="belongs to split 'val', read as 'test'"):
+        list(make_loader(ddir, "test", size=32, batch_size=2, train=False, workers=0, verify_sha256=False))
+
+
+def test_manifest_shard_name_outside_the_dataset_is_refused(tmp_path):
+    from dmn_data.stream import make_loader
+    from shardgen import write_dataset
+
+    ddir = write_dataset(tmp_path, splits={"train": 2, "val": 2}, shard_size=2)
+    manifest = json.loads((ddir / "manifest.json").read_text())
+    manifest["splits"]["val"]["shards"][0]["name"] = "../../etc/passwd"
+    del manifest["splits"]["train"]["shards"][0]["name"]
+    (ddir / "manifest.json").write_text(json.dumps(manifest))
+    for split in ("val", "train"):
+        with pytest.raises(DataError, match="no valid name inside"):
+            make_loader(ddir, split, size=32, batch_size=2, train=False, workers=0)
+
+
+def _rewrite_shard_with(ddir: Path, extra) -> Path:
+    """Rewrite the first val shard with ``extra(tar)`` appended after its members, and fix its
+    sha256 and size in the manifest, so only the tar's structure is wrong."""
+    import hashlib
+    import io
+    import tarfile
+
+    shard = next((ddir / "val").glob("*.tar"))
+    with tarfile.open(shard) as src:
+        members = [(m, src.extractfile(m).read()) for m in src]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for m, data in members:
+            tar.addfile(m, io.BytesIO(data))
+        extra(tar, members)
+    shard.write_bytes(buf.getvalue())
+    manifest = json.loads((ddir / "manifest.json").read_text())
+    for e in manifest["splits"]["val"]["shards"]:
+        if e["name"] == f"val/{shard.name}":
+            e["sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+            e["bytes"] = len(buf.getvalue())
+    (ddir / "manifest.json").write_text(json.dumps(manifest))
+    return shard
+
+
+def _duplicate_last(tar, members):
+    import io
+
+    m, data = members[-1]
+    tar.addfile(m, io.BytesIO(data))
+
+
+def _symlink(tar, members):
+    import tarfile
+
+    m = tarfile.TarInfo(members[-1][0].name.split(".")[0] + ".txt")
+    m.type, m.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    tar.addfile(m)
+
+
+def _directory(tar, members):
+    import tarfile
+
+    m = tarfile.TarInfo("zzz")
+    m.type = tarfile.DIRTYPE
+    tar.addfile(m)
+
+
+@pytest.mark.parametrize("extra", [_duplicate_last, _symlink, _directory], ids=["duplicate", "symlink", "directory"])
+def test_verify_refuses_what_training_refuses(tmp_path, extra):
+    """Issue 15 items 4 and 9: a tar with a duplicate member name, a symlink or a directory is
+    refused by both verify and the training stream, with one line and no traceback."""
+    from typer.testing import CliRunner
+
+    from dmn_data.cli import app
+    from dmn_data.stream import make_loader
+    from shardgen import write_dataset
+
+    ddir = write_dataset(tmp_path, splits={"train": 2, "val": 2}, shard_size=2)
+    _rewrite_shard_with(ddir, extra)
+    r = CliRunner().invoke(app, ["verify", str(ddir), "--no-progress"])
+    assert r.exit_code != 0, r.output
+    assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit), r.output
+    with pytest.raises(DataError):
+        list(make_loader(ddir, "val", size=32, batch_size=2, train=False, workers=0))
