@@ -14,10 +14,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from .errors import DataError
+from .errors import DataError, SkipItem
 from .keys import IMAGE_EXTS, META_EXT, VOCAB
 from .manifest import read_manifest
-from .masks import decode_rle
+from .masks import check_rle_counts, decode_rle
 
 
 def iter_tar_samples(path: Path) -> Iterator[tuple[str, str, bytes, dict]]:
@@ -125,10 +125,11 @@ def _check_samples(path: Path, split: str, vocab_size: int, problems: list[str])
         for ref in meta["refs"]:
             refs += 1
             try:
+                check_rle_counts(ref["mask"]["counts"], meta["height"], meta["width"])
                 m = decode_rle(ref["mask"])
                 if m.shape != (meta["height"], meta["width"]) or not m.any():
                     problems.append(f"{where}: ref {ref['ref_id']} mask is {m.shape} with {int(m.sum())} pixels")
-            except (KeyError, TypeError, ValueError) as err:
+            except (KeyError, TypeError, ValueError, SkipItem) as err:
                 problems.append(f"{where}: ref {ref.get('ref_id')} mask does not decode ({err})")
             for s in ref["sentences"]:
                 sentences += 1

@@ -214,3 +214,28 @@ def test_verify_refuses_what_training_refuses(tmp_path, extra):
     assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit), r.output
     with pytest.raises(DataError):
         list(make_loader(ddir, "val", size=32, batch_size=2, train=False, workers=0))
+
+
+@pytest.mark.parametrize("counts,ok", [("52207", True), ("5220", False), ("522071", False), ("52\u00e907", False),
+                                       ([5, 2, 2, 0, 7], False), ([5, 2, 2, 2, 9], True), ([5, -2, 2, 2, 13], False)])
+def test_rle_counts_checked_against_h_w(counts, ok):
+    """Issue 15 items 5 and 9: too few/many runs, negative runs and non-ASCII counts are bad_rle."""
+    from dmn_data.errors import SkipItem
+    from dmn_data.masks import check_rle_counts
+
+    if ok:
+        check_rle_counts(counts, 4, 5)
+    else:
+        with pytest.raises(SkipItem, match="bad_rle"):
+            check_rle_counts(counts, 4, 5)
+
+
+def test_build_counts_rle_with_wrong_run_total(tmp_path):
+    root = tmp_path / "data"
+    src = make_refer_root(root, images_per_split=2, rle=True)
+    inst = src["instances"]
+    inst["annotations"][0]["segmentation"]["counts"] = inst["annotations"][0]["segmentation"]["counts"][:-2]
+    inst["annotations"][2]["segmentation"]["counts"] += "1"
+    _rewrite(root, src["refs"], inst)
+    manifest = build(BuildConfig(dataset="unc", out=tmp_path / "out", data_root=root), progress=False)
+    assert manifest["skipped"]["bad_rle"] == 2
