@@ -168,8 +168,35 @@ def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
     """metrics.jsonl rows up to ``up_to_step`` (rows after the resumed checkpoint are dropped)."""
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            int(row["step"])
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"--resume: {path} line {number} is not a metrics row (truncated?); delete that "
+                             "line (or the file, losing the curves) and rerun") from None
+        rows.append(row)
     return [r for r in rows if r["step"] <= up_to_step]
+
+
+def _remove_stale_tmp(folder: Path) -> None:
+    """Remove ``.<name>.<pid>.tmp`` files left by a process that was killed while writing a
+    checkpoint; a live writer's (its pid still runs) are kept."""
+    for tmp in folder.glob(".*.tmp"):
+        parts = tmp.name.rsplit(".", 2)
+        pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+        if pid is not None and pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+                continue  # still running
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue  # another user's live process
+        tmp.unlink(missing_ok=True)
 
 
 def _payload(model, optimizer, cfg, model_cfg, step, epoch, best, vocab_sha, vocab_size, lr):
@@ -230,6 +257,8 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
     if not resume and last_path.is_file():
         raise CheckpointError(f"{out} already holds a run; pass --resume to continue it "
                               "or choose another --out")
+    if info.is_main and last_path.parent.is_dir():
+        _remove_stale_tmp(last_path.parent)
     shards = Path(cfg.shards)
     manifest = read_manifest(shards)
     check_split(manifest, cfg.split, shards)

@@ -239,3 +239,30 @@ def test_build_counts_rle_with_wrong_run_total(tmp_path):
     _rewrite(root, src["refs"], inst)
     manifest = build(BuildConfig(dataset="unc", out=tmp_path / "out", data_root=root), progress=False)
     assert manifest["skipped"]["bad_rle"] == 2
+
+
+def test_stale_checkpoint_tmp_files_removed_live_ones_kept(tmp_path):
+    """Issue 15 item 8: kill -9 while writing a checkpoint leaves .last.pt.<pid>.tmp forever."""
+    import os
+    import subprocess
+    import sys
+
+    from dmn_train.train import _remove_stale_tmp
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    (tmp_path / f".last.pt.{dead_pid}.tmp").write_bytes(b"x")
+    (tmp_path / ".best.pt.tmp").write_bytes(b"x")
+    (tmp_path / f".last.pt.{os.getppid()}.tmp").write_bytes(b"x")  # a live process: kept
+    (tmp_path / "last.pt").write_bytes(b"keep")
+    _remove_stale_tmp(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".last.pt.{os.getppid()}.tmp", "last.pt"])
+
+
+def test_truncated_metrics_jsonl_names_the_file(tmp_path):
+    from dmn_train.train import _read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
+    with pytest.raises(ValueError, match=r"metrics.jsonl line 2 is not a metrics row .*delete that line"):
+        _read_metrics(path, 5)
