@@ -266,3 +266,11 @@ def test_truncated_metrics_jsonl_names_the_file(tmp_path):
     path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
     with pytest.raises(ValueError, match=r"metrics.jsonl line 2 is not a metrics row .*delete that line"):
         _read_metrics(path, 5)
+
+
+def test_blank_and_invisible_tokens_stay_out_of_the_vocabulary():
+    """Issue 15 item 7 (vocabulary part)."""
+    from dmn_data.tokens import build_vocab
+
+    vocab = build_vocab([["man", " ", "", "\u200b", "\u00a0", "\t", "caf\u00e9", "\u200bdog"]])
+    assert vocab[2:] == sorted(["man", "caf\u00e9", "\u200bdog"])
