@@ -24,6 +24,7 @@ from .errors import DataError, SkipItem
 from .keys import FORMAT, MANIFEST, VOCAB, shard_name
 from .manifest import read_manifest, write_json_atomic
 from .records import Source
+from .safety import safe_name
 from .refer import REFER_DATASETS, read_refer, refer_dataset_name
 from .tokens import build_vocab, load_vocab_txt, tokenize, vocab_bytes
 from .writer import ShardStats, ShardTask, write_shard
@@ -97,6 +98,10 @@ def read_source(cfg: BuildConfig) -> Source:
 
 
 def _select_splits(cfg: BuildConfig, source: Source) -> list[str]:
+    # every reader filters its split names, but a split becomes a folder and a shard prefix under
+    # --out, so the last check sits where names turn into paths
+    for name in source.splits:
+        safe_name(name, f"{cfg.dataset}: split")
     available = sorted(source.splits)
     if not cfg.splits:
         if not available:
@@ -195,6 +200,12 @@ def build(cfg: BuildConfig, *, progress: bool = True, log: Callable[[str], None]
         ]
     _write_all(ddir, tasks, cfg.workers, progress)
     manifest = _manifest(cfg, ddir, source, splits, tasks, options, fingerprint, len(vocab), vocab_sha)
+    if manifest["totals"]["images"] == 0:
+        # no manifest: an empty build must not look like a dataset to train on (a wrong
+        # --image-root skips every image)
+        reasons = ", ".join(f"{k}: {v}" for k, v in manifest["skipped"].items()) or "none"
+        example = next((v[0] for v in manifest["skipped_examples"].values() if v), "")
+        raise DataError(f"{cfg.dataset}: every image was skipped ({reasons}), e.g. {example}; check --data-root/--image-root")
     write_json_atomic(ddir / MANIFEST, manifest)
     shutil.rmtree(ddir / STATE_DIR, ignore_errors=True)
     return manifest

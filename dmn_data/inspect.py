@@ -14,10 +14,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from .errors import DataError
+from .errors import DataError, SkipItem
 from .keys import IMAGE_EXTS, META_EXT, VOCAB
 from .manifest import read_manifest
-from .masks import decode_rle
+from .masks import check_rle_counts, decode_rle
 
 
 def iter_tar_samples(path: Path) -> Iterator[tuple[str, str, bytes, dict]]:
@@ -32,6 +32,11 @@ def iter_tar_samples(path: Path) -> Iterator[tuple[str, str, bytes, dict]]:
                 if key is not None and k != key:
                     yield _pair(path, key, pending)
                     pending = {}
+                # the same rules as the training stream: regular files only, each name once
+                if not member.isfile():
+                    raise DataError(f"{path}: member {member.name!r} is not a regular file; rebuild the shard with dmn-data build")
+                if ext in pending and k == key:
+                    raise DataError(f"{path}: duplicate member {member.name!r} (training refuses this shard); rebuild it with dmn-data build")
                 key = k
                 pending[ext] = tar.extractfile(member).read()
             if key is not None:
@@ -120,10 +125,11 @@ def _check_samples(path: Path, split: str, vocab_size: int, problems: list[str])
         for ref in meta["refs"]:
             refs += 1
             try:
+                check_rle_counts(ref["mask"]["counts"], meta["height"], meta["width"])
                 m = decode_rle(ref["mask"])
                 if m.shape != (meta["height"], meta["width"]) or not m.any():
                     problems.append(f"{where}: ref {ref['ref_id']} mask is {m.shape} with {int(m.sum())} pixels")
-            except (KeyError, TypeError, ValueError) as err:
+            except (KeyError, TypeError, ValueError, SkipItem) as err:
                 problems.append(f"{where}: ref {ref.get('ref_id')} mask does not decode ({err})")
             for s in ref["sentences"]:
                 sentences += 1

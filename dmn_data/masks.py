@@ -53,6 +53,7 @@ def _rle_parts(seg: object, h: int, w: int) -> list[dict]:
             raise SkipItem("bad_rle", "RLE part without size/counts")
         if [int(s) for s in size] != [h, w]:
             raise SkipItem("mask_size_mismatch", f"RLE is {list(size)}, image is {[h, w]}")
+        check_rle_counts(counts, h, w)
         if isinstance(counts, list):  # uncompressed RLE
             parts.append(cocomask.frPyObjects(rle, h, w))
         else:
@@ -60,6 +61,54 @@ def _rle_parts(seg: object, h: int, w: int) -> list[dict]:
     if not parts:
         raise SkipItem("degenerate_polygon", f"no polygon with >= 3 points among {len(polys)}")
     return parts
+
+
+def rle_counts(counts: object) -> list[int]:
+    """The run lengths of an RLE ``counts`` (a list, or COCO's compressed string/bytes: pycocotools'
+    rleFrString, in Python, so that a bad string is a ValueError instead of garbage)."""
+    if isinstance(counts, list):
+        if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+            raise ValueError("uncompressed RLE counts must be integers")
+        return list(counts)
+    if isinstance(counts, str):
+        try:
+            counts = counts.encode("ascii")
+        except UnicodeEncodeError:
+            raise ValueError("compressed RLE counts are not ASCII") from None
+    if not isinstance(counts, (bytes, bytearray)):
+        raise ValueError(f"RLE counts is {type(counts).__name__}")
+    out: list[int] = []
+    p = 0
+    while p < len(counts):
+        x = k = 0
+        more = True
+        while more:
+            if p >= len(counts):
+                raise ValueError("compressed RLE counts end mid-number")
+            c = counts[p] - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"byte {counts[p]!r} is not an RLE character")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        out.append(x)
+    return out
+
+
+def check_rle_counts(counts: object, h: int, w: int) -> None:
+    """SkipItem ``bad_rle`` unless the runs are non-negative and cover exactly ``h × w`` pixels:
+    pycocotools decodes too few runs to non-binary garbage and too many past the buffer."""
+    try:
+        runs = rle_counts(counts)
+    except ValueError as err:
+        raise SkipItem("bad_rle", str(err)) from None
+    if any(r < 0 for r in runs) or sum(runs) != h * w:
+        raise SkipItem("bad_rle", f"RLE runs cover {sum(runs)} pixels (negative: {any(r < 0 for r in runs)}), image has {h}×{w} = {h * w}")
 
 
 def segmentation_to_rle(seg: object, h: int, w: int) -> dict:

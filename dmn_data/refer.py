@@ -17,6 +17,7 @@ from pathlib import Path
 from .errors import DataError
 from .pickles import load_plain_pickle
 from .records import ImageItem, Ref, Sentence, Source
+from .safety import inside, is_safe_name
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ def read_refer(
         except KeyError as err:
             source.skip("malformed_ref", f"ref without {err}")
             continue
+        if not is_safe_name(split):
+            # the split becomes a folder and a shard prefix under --out: never a path
+            source.skip("bad_split_name", f"ref {ref_id!r}: split {split!r} is not a valid name")
+            continue
         ann = anns.get(ann_id)
         if ann is None:
             source.skip("missing_annotation", f"ref {ref_id}: annotation {ann_id} not in instances.json")
@@ -111,10 +116,14 @@ def read_refer(
         )
     for (split, image_id), image_refs in sorted(grouped.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         info = imgs[image_id]
+        image_path = inside(images_dir, info.get("file_name"))
+        if image_path is None:
+            source.skip("unsafe_path", f"image {image_id}: file_name {info.get('file_name')!r} leaves {images_dir}")
+            continue
         source.splits.setdefault(split, []).append(
             ImageItem(image_id=int(image_id), file_name=info["file_name"], split=split,
                       width=int(info["width"]), height=int(info["height"]),
                       refs=tuple(sorted(image_refs, key=lambda r: r.ref_id)),
-                      path=str(images_dir / info["file_name"]))
+                      path=str(image_path))
         )
     return source

@@ -46,13 +46,16 @@ shuffle buffer of still-encoded examples (examples of one image share its bytes)
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import random
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import webdataset as wds
 from PIL import Image
@@ -61,6 +64,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .errors import DataError
 from .keys import IMAGE_EXTS, MANIFEST, META_EXT
 from .manifest import read_manifest
+from .safety import inside
 from .transforms import Mirror, collate, make_example
 
 
@@ -69,6 +73,44 @@ class _Shard:
     url: str
     images: int
     sentences: int
+    sha256: str | None = None  # the manifest's; None = not checked (--no-verify-sha256)
+    split: str | None = None  # every sample must say it belongs to this split
+
+
+class HashingReader(io.RawIOBase):
+    """A read-only byte stream that hashes what passes through it. It wraps any stream (a local
+    file today, an HTTP/fsspec stream later), so a shard is checked while it is read, in one pass.
+    Call :meth:`finish` after the consumer is done: it reads what the consumer left (tar padding)
+    and raises a DataError when the sha256 differs from ``expected``."""
+
+    def __init__(self, raw: BinaryIO, expected: str, name: str):
+        self.raw, self.expected, self.name = raw, expected, name
+        self.digest = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.raw.read(len(buffer))
+        self.digest.update(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def finish(self) -> None:
+        while chunk := self.raw.read(1 << 20):
+            self.digest.update(chunk)
+        if self.digest.hexdigest() != self.expected:
+            raise DataError(f"shard {self.name} does not match the sha256 in its manifest (changed after the build); "
+                            "rebuild it with dmn-data build, or check it with dmn-data verify")
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def _open_shard(shard: _Shard) -> BinaryIO:
+    raw = open(shard.url, "rb")  # noqa: SIM115 - closed by the caller
+    return HashingReader(raw, shard.sha256, shard.url) if shard.sha256 else raw
 
 
 @dataclass(frozen=True)
@@ -107,21 +149,44 @@ class _ShardList(IterableDataset):
         yield from self.shards[self.rank::self.world_size][worker::workers]
 
 
+def _tar_files(stream: BinaryIO, url: str) -> Iterator[dict]:
+    """``{"fname", "data", "__url__"}`` per member, read in one pass. Unlike webdataset's expander,
+    which skips them silently, a member that is not a regular file is an error: ``dmn-data verify``
+    applies the same rule, so verify and training accept exactly the same shards."""
+    with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for member in tar:
+            if not member.isreg():
+                raise DataError(f"shard {url}: member {member.name!r} is not a regular file; rebuild it with dmn-data build")
+            yield {"fname": member.name, "data": tar.extractfile(member).read(), "__url__": url}
+            tar.members = []  # stream mode: do not keep every header in memory
+
+
 def _read_samples(shards: Iterator[_Shard]) -> Iterator[dict]:
     """``{"__key__", "__url__", "jpg"|"png": bytes, "json": bytes}``, one per image; a shard that
     cannot be read, or holds another number of images than the manifest says, is a DataError."""
     for shard in shards:
         count = 0
+        stream = None
         try:
-            for sample in wds.tarfile_samples([{"url": shard.url}]):
+            stream = _open_shard(shard)
+            files = _tar_files(stream, shard.url)
+            for sample in wds.tariterators.group_by_keys(files):
                 count += 1
+                sample["__split__"] = shard.split
                 yield sample
+            if count != shard.images:
+                raise DataError(f"shard {shard.url} holds {count} images, its manifest says {shard.images} "
+                                "(truncated or replaced?); rebuild it with dmn-data build")
+            if isinstance(stream, HashingReader):
+                stream.finish()
+        except DataError:
+            raise
         except Exception as err:  # tarfile, gzip, OS errors: the message gets the shard's name
             detail = str(err.args[0]).split(" @ ")[0] if err.args else type(err).__name__
             raise DataError(f"shard {shard.url} is unreadable ({detail}); rebuild it with dmn-data build") from None
-        if count != shard.images:
-            raise DataError(f"shard {shard.url} holds {count} images, its manifest says {shard.images} "
-                            "(truncated or replaced?); rebuild it with dmn-data build")
+        finally:
+            if stream is not None:
+                stream.close()
 
 
 def _expand(samples: Iterator[dict], *, ablate_language: bool = False) -> Iterator[dict]:
@@ -139,6 +204,10 @@ def _expand(samples: Iterator[dict], *, ablate_language: bool = False) -> Iterat
             raise DataError(f"{where}: needs one of .{'/.'.join(IMAGE_EXTS)} and .{META_EXT}, has {sorted(k for k in sample if not k.startswith('__'))}")
         try:
             meta = json.loads(sample[META_EXT])
+            if sample.get("__split__") is not None and meta.get("split") != sample["__split__"]:
+                # val shards renamed to test would otherwise be scored as the test split
+                raise DataError(f"{where}: belongs to split {meta.get('split')!r}, read as {sample['__split__']!r}; "
+                                "shards were moved or renamed, rebuild with dmn-data build")
             refs = meta["refs"]
             if ablate_language and len(refs) < 2:
                 continue
@@ -253,14 +322,20 @@ def _load_vocab(ddir: Path, manifest: dict) -> list[str]:
     return vocab
 
 
-def _shard_list(ddir: Path, manifest: dict, split: str) -> list[_Shard]:
+def _shard_list(ddir: Path, manifest: dict, split: str, verify_sha256: bool = True) -> list[_Shard]:
     splits = manifest.get("splits") or {}
     if split not in splits:
         raise DataError(f"split {split!r} is not in {ddir / MANIFEST}; choose from {', '.join(sorted(splits)) or '(none)'}")
     entries = splits[split].get("shards") or []
     if not entries:
         raise DataError(f"split {split!r} of {ddir} has no shards (every image was skipped at build time?)")
-    shards = [_Shard(str(ddir / e["name"]), int(e["images"]), int(e["sentences"])) for e in entries]
+    shards = []
+    for e in entries:
+        path = inside(ddir, e.get("name") if isinstance(e, dict) else None)
+        if path is None:
+            raise DataError(f"{ddir / MANIFEST}: shard entry {e!r} has no valid name inside {ddir}; rebuild with dmn-data build")
+        shards.append(_Shard(str(path), int(e["images"]), int(e["sentences"]),
+                             sha256=e.get("sha256") if verify_sha256 else None, split=split))
     missing = [s.url for s in shards if not Path(s.url).is_file()]
     if missing:
         raise DataError(f"shard {missing[0]} is missing ({len(missing)} of {len(shards)} listed in {ddir / MANIFEST}); rebuild with dmn-data build")
@@ -282,7 +357,7 @@ def _check_args(*, size, batch_size, workers, rank, world_size, shuffle_buffer, 
 def make_loader(shards: str | Path, split: str, *, size: int, batch_size: int, train: bool,
                 workers: int = 2, seed: int = 0, rank: int = 0, world_size: int = 1,
                 shuffle_buffer: int = 2000, flip: bool = False, epoch_batches: int | None = None,
-                pin_memory: bool = False, ablate_language: bool = False) -> Loader:
+                pin_memory: bool = False, ablate_language: bool = False, verify_sha256: bool = True) -> Loader:
     """Batches of ``split`` from the shards in ``shards`` (a built dataset directory, or its manifest).
 
     Args:
@@ -298,6 +373,8 @@ def make_loader(shards: str | Path, split: str, *, size: int, batch_size: int, t
             ``sentences // (batch_size × world_size)`` (at least 1).
         ablate_language: evaluation only: pair each ref's mask with another ref's sentence from
             the same image (single-ref images are left out, so ``len()`` is then an upper bound).
+        verify_sha256: hash each shard as it is read and fail at its end when it differs from the
+            manifest (a changed token id or mask); each sample's split is checked either way.
 
     Raises:
         DataError: missing/unfinished/foreign manifest, unknown split, missing shard, bad argument;
@@ -311,7 +388,7 @@ def make_loader(shards: str | Path, split: str, *, size: int, batch_size: int, t
         raise DataError("the language ablation is for evaluation only")
     ddir = _dataset_dir(shards)
     manifest = read_manifest(ddir)
-    shard_list = _shard_list(ddir, manifest, split)
+    shard_list = _shard_list(ddir, manifest, split, verify_sha256)
     vocab = _load_vocab(ddir, manifest)
 
     if train:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,6 +22,12 @@ def tokenize(text: str) -> tuple[str, ...]:
     return tuple(_TOKEN_RE.findall(text.lower()))
 
 
+def is_visible_token(token: str) -> bool:
+    """False for a token that is blank or made only of invisible characters (spaces, zero-width and
+    other format/control code points): such a token from a refs file must not get a vocabulary id."""
+    return any(not (ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp", "Mn")) for ch in token)
+
+
 def build_vocab(token_lists: Iterable[Iterable[str]], min_count: int = 1) -> list[str]:
     """Tokens seen at least ``min_count`` times, most frequent first (ties alphabetical), after
     ``<pad>`` and ``<unk>``."""
@@ -29,7 +36,7 @@ def build_vocab(token_lists: Iterable[Iterable[str]], min_count: int = 1) -> lis
     counts = Counter(tok for toks in token_lists for tok in toks)
     counts.pop(PAD, None)
     counts.pop(UNK, None)
-    kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
+    kept = sorted((t for t, c in counts.items() if c >= min_count and is_visible_token(t)), key=lambda t: (-counts[t], t))
     return [PAD, UNK, *kept]
 
 

@@ -51,6 +51,8 @@ def eval_cmd(
     from_predictions: Annotated[Optional[Path], Opt(help="Recompute the metrics from a predictions.zarr, without the model.")] = None,
     progress: Annotated[bool, Opt("--progress/--no-progress", help="Progress bar.")] = True,
     amp: Annotated[Optional[bool], Opt("--amp/--no-amp", help="bf16 autocast (default: the run's training setting).")] = None,
+    verify_sha256: Annotated[bool, Opt("--verify-sha256/--no-verify-sha256",
+                                       help="Check each shard's sha256 against the manifest as it is read.")] = True,
 ) -> None:
     """Write metrics.json, predictions.zarr and best_worst.png to <run>/eval/<split>/."""
     if from_predictions is not None:
@@ -65,7 +67,8 @@ def eval_cmd(
                      threshold=0.5 if threshold is None else threshold, batch_size=batch_size,
                      workers=workers, out=str(out) if out else None, device=device.value,
                      predictions=predictions, grid=grid, ablate_language=ablate_language,
-                     progress=progress, amp=amp)
+                     progress=progress, amp=amp,
+                     verify_sha256=verify_sha256)
     info = dist_info_from_env()
     device_ = select_device(info, cfg.device)
     init_process_group(info, device_)

@@ -130,6 +130,8 @@ def train_cmd(
     amp: Annotated[Optional[bool], Opt("--amp/--no-amp", help="bf16 autocast (default: on for CUDA, off on CPU; --amp also works on CPU).")] = None,
     compile: Annotated[Optional[bool], Opt("--compile/--no-compile", help="torch.compile the model.")] = None,
     progress: Annotated[Optional[bool], Opt("--progress/--no-progress", help="Progress bar.")] = None,
+    verify_sha256: Annotated[Optional[bool], Opt("--verify-sha256/--no-verify-sha256",
+                                                 help="Check each shard's sha256 against the manifest as it is read.")] = None,
 ) -> None:
     """Train a DMN: checkpoints, metrics.jsonl and curves.png go to the run directory."""
     model_overrides = dict(
@@ -147,7 +149,7 @@ def train_cmd(
         log_every=log_every, eval_every=eval_every, save_every=save_every,
         eval_batches=eval_batches, eval_batch_size=eval_batch_size, threshold=threshold,
         seed=seed, workers=workers, device=device.value if device else None, amp=amp,
-        compile=compile, progress=progress)
+        compile=compile, progress=progress, verify_sha256=verify_sha256)
     if resume:
         run = out if out is not None else latest_run("runs")
         given = {**train_overrides, "shards": str(shards) if shards else None}

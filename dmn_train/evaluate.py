@@ -68,6 +68,20 @@ class EvalConfig:
     progress: bool = True
     # bf16 autocast; None = the run's training setting (see :func:`autocast_context`).
     amp: bool | None = None
+    verify_sha256: bool = True  # hash each shard as it is read, against the manifest
+
+    def __post_init__(self) -> None:
+        # nonsense numbers are refused here: --grid -1 used to loop forever, --size 0 was ignored
+        if self.size is not None and self.size < 1:
+            raise ValueError(f"--size must be >= 1, got {self.size}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.grid < 0:
+            raise ValueError(f"--grid must be >= 0, got {self.grid}")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be >= 0, got {self.workers}")
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"--threshold must be in [0, 1), got {self.threshold}")
 
 
 @dataclass(frozen=True)
@@ -321,7 +335,8 @@ def evaluate(cfg: EvalConfig, info: DistInfo, device: torch.device,
     model = model_from_checkpoint(ckpt, str(where.checkpoint)).to(device)
     loader = make_loader(str(where.shards), cfg.split, size=where.size, batch_size=cfg.batch_size,
                          train=False, workers=cfg.workers, rank=info.rank,
-                         world_size=info.world_size, ablate_language=cfg.ablate_language)
+                         world_size=info.world_size, ablate_language=cfg.ablate_language,
+                         verify_sha256=cfg.verify_sha256)
     if info.is_main:
         where.out.mkdir(parents=True, exist_ok=True)
         log(f"evaluating {where.checkpoint} (step {ckpt.get('step', '?')}) on {where.shards} "

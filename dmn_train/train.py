@@ -86,6 +86,7 @@ class TrainConfig:
     amp: bool | None = None  # bf16 autocast: True = on (CUDA or CPU), None = on for CUDA only
     compile: bool = False  # torch.compile the model
     progress: bool = True  # progress bar on rank 0
+    verify_sha256: bool = True  # hash each shard as it is read, against the manifest
 
     def __post_init__(self) -> None:
         positive = ("size", "batch_size", "epochs", "accum_iters", "log_every")
@@ -103,6 +104,10 @@ class TrainConfig:
                              f"min_lr={self.min_lr}")
         if not 0.0 <= self.threshold < 1.0:
             raise ValueError(f"--threshold must be in [0, 1), got {self.threshold}")
+        # a negative clip norm flips the gradient (ascent), a negative weight rewards a worse loss
+        for name in ("grad_clip", "aux_weight"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
 
 
 #: Training-side presets; the model side is ``dmn_model.config.preset`` of the same name.
@@ -163,8 +168,35 @@ def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
     """metrics.jsonl rows up to ``up_to_step`` (rows after the resumed checkpoint are dropped)."""
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            int(row["step"])
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"--resume: {path} line {number} is not a metrics row (truncated?); delete that "
+                             "line (or the file, losing the curves) and rerun") from None
+        rows.append(row)
     return [r for r in rows if r["step"] <= up_to_step]
+
+
+def _remove_stale_tmp(folder: Path) -> None:
+    """Remove ``.<name>.<pid>.tmp`` files left by a process that was killed while writing a
+    checkpoint; a live writer's (its pid still runs) are kept."""
+    for tmp in folder.glob(".*.tmp"):
+        parts = tmp.name.rsplit(".", 2)
+        pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+        if pid is not None and pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+                continue  # still running
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue  # another user's live process
+        tmp.unlink(missing_ok=True)
 
 
 def _payload(model, optimizer, cfg, model_cfg, step, epoch, best, vocab_sha, vocab, lr):
@@ -226,6 +258,8 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
     if not resume and last_path.is_file():
         raise CheckpointError(f"{out} already holds a run; pass --resume to continue it "
                               "or choose another --out")
+    if info.is_main and last_path.parent.is_dir():
+        _remove_stale_tmp(last_path.parent)
     shards = Path(cfg.shards)
     manifest = read_manifest(shards)
     check_split(manifest, cfg.split, shards)
@@ -237,12 +271,14 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
     loader = make_loader(str(shards), cfg.split, size=cfg.size, batch_size=cfg.batch_size,
                          train=True, workers=cfg.workers, seed=cfg.seed, rank=info.rank,
                          world_size=info.world_size, flip=cfg.flip,
-                         epoch_batches=cfg.epoch_batches, pin_memory=device.type == "cuda")
+                         epoch_batches=cfg.epoch_batches, pin_memory=device.type == "cuda",
+                         verify_sha256=cfg.verify_sha256)
     val_loader = None
     if cfg.val_split is not None:
         val_loader = make_loader(str(shards), cfg.val_split, size=cfg.size,
                                  batch_size=cfg.eval_batch_size or cfg.batch_size, train=False,
-                                 workers=cfg.workers, rank=info.rank, world_size=info.world_size)
+                                 workers=cfg.workers, rank=info.rank, world_size=info.world_size,
+                                 verify_sha256=cfg.verify_sha256)
     steps_per_epoch = len(loader) // cfg.accum_iters
     if steps_per_epoch < 1:
         raise DataError(f"{cfg.split} gives {len(loader)} batches per rank, fewer than "
