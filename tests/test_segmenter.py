@@ -233,9 +233,6 @@ def test_bad_inputs_raise_one_line_errors(trained, tmp_path):
         assert needle in str(err.value) and "\n" not in str(err.value), str(err.value)
 
 
-@pytest.mark.xfail(raises=RuntimeError, strict=False,
-                   reason="SRU under CPU bf16 autocast fails in main; issue 10 fixes sru.py "
-                          "(drop this mark after merging it)")
 def test_bf16_autocast_runs_and_stays_close(trained):
     image = _image(40, 60, seed=9)
     fp32 = Segmenter.from_pretrained(trained[3], device="cpu").predict(image, "the red shape")[0]
