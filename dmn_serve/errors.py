@@ -2,28 +2,8 @@
 
 from __future__ import annotations
 
-import functools
+from dmn_model.cli_errors import err_console, user_errors_with
 
-import typer
-from rich.console import Console
+user_errors = user_errors_with()
 
-from dmn_data.errors import DataError
-from dmn_model.checkpoint import CheckpointError
-
-err_console = Console(stderr=True)
-
-
-def user_errors(fn):
-    """Expected failures: one line on stderr, exit code 2, no traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (DataError, CheckpointError, ValueError) as err:
-            err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            raise typer.Exit(130) from None
-
-    return wrapper
+__all__ = ["err_console", "user_errors"]

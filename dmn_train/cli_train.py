@@ -9,7 +9,6 @@ Unset flags take the ``--preset`` value. Works under ``torchrun --nproc_per_node
 from __future__ import annotations
 
 import dataclasses
-import functools
 import sys
 from enum import Enum
 from pathlib import Path
@@ -18,9 +17,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from dmn_data.errors import DataError
 
-from dmn_model.checkpoint import CheckpointError, latest_run
+from dmn_model.checkpoint import latest_run
+from dmn_model.cli_errors import user_errors_with
 
 from .distributed import (destroy_process_group, dist_info_from_env, init_process_group,
                           select_device)
@@ -47,21 +46,7 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-def user_errors(fn):
-    """Expected failures: one line on stderr, exit code 2, no traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (DataError, CheckpointError, ValueError) as err:
-            err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted; continue with the same command plus --resume")
-            raise typer.Exit(130) from None
-
-    return wrapper
+user_errors = user_errors_with("interrupted; continue with the same command plus --resume")
 
 
 Opt = typer.Option
