@@ -1,10 +1,10 @@
-# Two entry points (see README): `make toy` and `make test`. Both set up .venv first.
+# Entry points (see README): `make toy`, `make demo` and `make test`. All set up .venv first.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup toy test bench clean
+.PHONY: setup toy demo test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,6 +17,11 @@ setup: $(STAMP)
 
 toy: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH bash pipelines/toy_run.sh
+
+# The web demo on the model `make toy` trained; DEMO_ARGS="--port 8080" etc. pass through.
+demo: $(STAMP)
+	@test -d runs/toy/checkpoints || { echo "error: no trained toy model in runs/toy: run 'make toy' first" >&2; exit 2; }
+	$(BIN)/dmn-demo --model runs/toy $(DEMO_ARGS)
 
 test: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
