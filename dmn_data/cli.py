@@ -117,6 +117,7 @@ def download_cmd(
     mirror: Annotated[Optional[str], typer.Option(help="Base URL tried first for every file (the file name is appended), e.g. a local mirror.")] = None,
     retries: Annotated[int, typer.Option(help="Extra attempts per location; an interrupted transfer resumes where it stopped.")] = 2,
     keep_archives: Annotated[bool, typer.Option(help="Keep the downloaded archives (in <data-root>/downloads/) after extraction.")] = False,
+    max_expansion: Annotated[float, typer.Option(help="Refuse an archive that unpacks to more than this many times its size.")] = 100.0,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Download a dataset's raw files (docs/datasets.md lists the sources) into --data-root.
@@ -127,7 +128,7 @@ def download_cmd(
 
     pooch.get_logger().setLevel("WARNING")  # the lines below say what is fetched from where
     cfg = DownloadConfig(datasets=tuple(d.value for d in dataset), data_root=data_root, mirror=mirror,
-                         retries=retries, keep_archives=keep_archives)
+                         retries=retries, keep_archives=keep_archives, max_expansion=max_expansion)
     commands = download(cfg, progress=progress, log=lambda m: err_console.print(m, highlight=False, markup=False, soft_wrap=True))
     for command in commands:
         console.print(f"next: {command}", highlight=False, markup=False, soft_wrap=True)

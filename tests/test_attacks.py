@@ -274,3 +274,141 @@ def test_blank_and_invisible_tokens_stay_out_of_the_vocabulary():
 
     vocab = build_vocab([["man", " ", "", "\u200b", "\u00a0", "\t", "caf\u00e9", "\u200bdog"]])
     assert vocab[2:] == sorted(["man", "caf\u00e9", "\u200bdog"])
+
+
+# ---- item 2: dmn-data download extraction --------------------------------------------------------
+
+def _zip_bytes(files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    import io
+    import stat
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+        for name, target in (links or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            z.writestr(info, target)
+    return buf.getvalue()
+
+
+def _tar_bytes(members: list) -> bytes:
+    """``members``: (name, kind, payload-or-linkname) with kind in file/dir/sym/hard/fifo."""
+    import io
+    import tarfile
+
+    kinds = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "sym": tarfile.SYMTYPE, "hard": tarfile.LNKTYPE,
+             "fifo": tarfile.FIFOTYPE}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, kind, payload in members:
+            info = tarfile.TarInfo(name)
+            info.type = kinds[kind]
+            if kind == "file":
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+            else:
+                info.linkname = payload or ""
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+_BAD_ARCHIVES = {
+    "zip_dotdot": lambda: _zip_bytes({"refcoco/ok.txt": b"x", "refcoco/../../evil.txt": b"x"}),
+    "zip_absolute": lambda: _zip_bytes({"/tmp/evil.txt": b"x"}),
+    "zip_symlink": lambda: _zip_bytes({"refcoco/ok.txt": b"x"}, links={"refcoco/link": "/etc/passwd"}),
+    "zip_bomb": lambda: _zip_bytes({"refcoco/zeros.bin": bytes(4_000_000)}),
+    "tar_dotdot": lambda: _tar_bytes([("refcoco/../../evil.txt", "file", b"x")]),
+    "tar_absolute": lambda: _tar_bytes([("/tmp/evil.txt", "file", b"x")]),
+    "tar_symlink": lambda: _tar_bytes([("refcoco", "dir", None), ("refcoco/link", "sym", "/etc")]),
+    "tar_hardlink": lambda: _tar_bytes([("refcoco/h", "hard", "/etc/passwd")]),
+    "tar_fifo": lambda: _tar_bytes([("refcoco/fifo", "fifo", None)]),
+    "tar_bomb": lambda: _tar_bytes([("refcoco/zeros.bin", "file", bytes(4_000_000))]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_BAD_ARCHIVES))
+def test_extract_refuses_unsafe_members_and_bombs_before_writing(tmp_path, kind):
+    """Issue 15 items 1 and 2: archive members that are absolute, contain '..', are links or FIFOs,
+    or a total size far beyond the archive's, are refused from the headers: nothing is written."""
+    from dmn_data.download import extract_checked
+
+    archive = tmp_path / "a" / "archive.bin"
+    archive.parent.mkdir()
+    archive.write_bytes(_BAD_ARCHIVES[kind]())
+    dest = tmp_path / "a" / "dest"
+    dest.mkdir()
+    with pytest.raises(DataError, match="refusing to extract"):
+        extract_checked(archive, dest)
+    assert list(dest.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "archive.bin", "dest"]
+
+
+def test_extract_accepts_plain_zip_and_tar(tmp_path):
+    from dmn_data.download import extract_checked
+
+    files = {"refcoco/a.txt": b"alpha", "refcoco/sub/b.txt": b"beta" * 100}
+    for name, data in (("x.zip", _zip_bytes(files)),
+                       ("x.tar.gz", _tar_bytes([(n, "file", d) for n, d in files.items()]))):
+        (tmp_path / name).write_bytes(data)
+        dest = tmp_path / (name + ".out")
+        dest.mkdir()
+        assert extract_checked(tmp_path / name, dest) == 405
+        assert {str(p.relative_to(dest)): p.read_bytes() for p in dest.rglob("*") if p.is_file()} == files
+
+
+def _placed_archives(root: Path, monkeypatch, extra: dict[str, bytes] | None = None) -> None:
+    """refcoco.zip and train2014.zip made from a REFER fixture and put where ``dmn-data download``
+    looks first (``<root>/downloads/``), with no checksum: nothing is fetched from any network."""
+    import dataclasses
+
+    from dmn_data import sources
+
+    src = root.parent / "refer-src"
+    make_refer_root(src, images_per_split=1)
+    trees = {"refcoco.zip": (src / "refcoco", "refcoco"),
+             "train2014.zip": (src / "images/mscoco/images/train2014", "train2014")}
+    (root / "downloads").mkdir(parents=True)
+    table = dict(sources.ARCHIVES)
+    for name, (folder, prefix) in trees.items():
+        data = (extra or {}).get(name) or _zip_bytes({f"{prefix}/{p.name}": p.read_bytes() for p in folder.iterdir()})
+        (root / "downloads" / name).write_bytes(data)
+        table[name] = dataclasses.replace(table[name], size=len(data), known_hash=None, urls=("http://127.0.0.1:9/none",))
+    monkeypatch.setattr(sources, "ARCHIVES", table)
+
+
+def test_download_with_the_default_relative_data_root(tmp_path, monkeypatch):
+    """Issue 15 item 2: with --data-root data (the default) pooch extracted into
+    data/downloads/data/downloads/.extract-* and reported an empty archive."""
+    from typer.testing import CliRunner
+
+    from dmn_data.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    _placed_archives(Path("data"), monkeypatch)
+    r = CliRunner().invoke(app, ["download", "--dataset", "unc", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "next: dmn-data build --dataset unc --data-root data" in r.output
+    assert (tmp_path / "data/refcoco/refs(unc).p").is_file()
+    assert len(list((tmp_path / "data/images/mscoco/images/train2014").glob("*.jpg"))) == 4
+    assert sorted(p.name for p in (tmp_path / "data/downloads").iterdir()) == ["refcoco.zip.json", "train2014.zip.json"]
+
+
+def test_download_refuses_a_zip_bomb_with_one_line_and_no_leftovers(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from dmn_data.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    _placed_archives(Path("data"), monkeypatch, extra={"refcoco.zip": _zip_bytes({"refcoco/z": bytes(2_000_000)})})
+    r = CliRunner().invoke(app, ["download", "--dataset", "unc", "--no-progress"])
+    assert r.exit_code == 2 and r.exception is None or isinstance(r.exception, SystemExit), r.output
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "refcoco.zip" in errors[0] and "--max-expansion" in errors[0], r.output
+    assert not (tmp_path / "data/refcoco").exists()
+    assert not list(tmp_path.rglob(".extract-*"))
+    r = CliRunner().invoke(app, ["download", "--dataset", "unc", "--no-progress", "--max-expansion", "100000"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "data/refcoco/z").stat().st_size == 2_000_000
