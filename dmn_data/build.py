@@ -15,6 +15,8 @@ import multiprocessing
 import shutil
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -233,22 +235,43 @@ def _write_all(ddir: Path, tasks: dict[str, list[ShardTask]], workers: int, prog
         left = sum(len(t.items) for s, t in _TASKS if s == split)
         bars[split] = tqdm(total=total, initial=total - left, desc=f"{split:>6}", unit="img", position=pos,
                            disable=not progress, dynamic_ncols=True)
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 and len(order) > 1 else None
+    # concurrent.futures, not multiprocessing.Pool: a Pool replaces a worker killed by the OOM
+    # killer or kill -9 and waits forever for its task; the executor fails the pending futures
+    # with BrokenProcessPool instead
+    pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            if workers > 1 and len(order) > 1 else None)
     try:
-        results = pool.imap_unordered(_write_indexed, order) if pool is not None else map(_write_indexed, order)
+        if pool is not None:
+            results = (f.result() for f in as_completed([pool.submit(_write_indexed, i) for i in order]))
+        else:
+            results = map(_write_indexed, order)
         for i, stats in results:
             split, task = _TASKS[i]
             write_json_atomic(_done_path(ddir, split, stats.name), _stats_to_json(stats))
             bars[split].update(len(task.items))
     except SkipItem as err:
         raise DataError(f"--strict: {err.reason}: {err.detail}") from None
+    except BrokenProcessPool:
+        raise DataError(f"a shard-writing process died (killed, or out of memory?); the finished shards are kept: "
+                        f"rerun the same command to resume (fewer --workers than {workers} need less memory)") from None
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            _stop(pool)
         for bar in bars.values():
             bar.close()
         _TASKS = []
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Stop the workers now: after an error or Ctrl-C the queued shards are not wanted, and a
+    shard being written is left as a .tmp file that the rerun writes again."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    for p in processes:
+        p.join()
 
 
 def _stats_to_json(s: ShardStats) -> dict:

@@ -179,6 +179,7 @@ def _read_samples(shards: Iterator[_Shard]) -> Iterator[dict]:
                                 "(truncated or replaced?); rebuild it with dmn-data build")
             if isinstance(stream, HashingReader):
                 stream.finish()
+            yield {"__end__": shard}  # lets _expand check the shard's sentence count
         except DataError:
             raise
         except Exception as err:  # tarfile, gzip, OS errors: the message gets the shard's name
@@ -197,7 +198,16 @@ def _expand(samples: Iterator[dict], *, ablate_language: bool = False) -> Iterat
     (the next ref, cyclically; images with a single ref are left out), while its own mask stays
     the target: the language ablation, which a model that reads the words must fail.
     """
+    sentences = 0  # in the current shard, ablation or not
     for sample in samples:
+        if "__end__" in sample:
+            shard = sample["__end__"]
+            if sentences != shard.sentences:
+                # a stream whose shards hold no sentence would otherwise resample them forever
+                raise DataError(f"shard {shard.url} holds {sentences} sentences, its manifest says {shard.sentences}; "
+                                "rebuild it with dmn-data build")
+            sentences = 0
+            continue
         where = f"shard {sample['__url__']}, sample {sample['__key__']}"
         data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
         if data is None or META_EXT not in sample:
@@ -209,6 +219,7 @@ def _expand(samples: Iterator[dict], *, ablate_language: bool = False) -> Iterat
                 raise DataError(f"{where}: belongs to split {meta.get('split')!r}, read as {sample['__split__']!r}; "
                                 "shards were moved or renamed, rebuild with dmn-data build")
             refs = meta["refs"]
+            sentences += sum(len(ref["sentences"]) for ref in refs)
             if ablate_language and len(refs) < 2:
                 continue
             for i, ref in enumerate(refs):
@@ -334,8 +345,16 @@ def _shard_list(ddir: Path, manifest: dict, split: str, verify_sha256: bool = Tr
         path = inside(ddir, e.get("name") if isinstance(e, dict) else None)
         if path is None:
             raise DataError(f"{ddir / MANIFEST}: shard entry {e!r} has no valid name inside {ddir}; rebuild with dmn-data build")
-        shards.append(_Shard(str(path), int(e["images"]), int(e["sentences"]),
+        try:
+            images, sentences = int(e["images"]), int(e["sentences"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{ddir / MANIFEST}: shard entry {e['name']!r} lacks integer images/sentences counts; "
+                            "rebuild with dmn-data build") from None
+        shards.append(_Shard(str(path), images, sentences,
                              sha256=e.get("sha256") if verify_sha256 else None, split=split))
+    if sum(s.sentences for s in shards) < 1:
+        # training resamples shards until it has a batch: with no sentence it would wait forever
+        raise DataError(f"split {split!r} of {ddir} holds no sentence; rebuild with dmn-data build")
     missing = [s.url for s in shards if not Path(s.url).is_file()]
     if missing:
         raise DataError(f"shard {missing[0]} is missing ({len(missing)} of {len(shards)} listed in {ddir / MANIFEST}); rebuild with dmn-data build")

@@ -352,6 +352,10 @@ def evaluate(cfg: EvalConfig, info: DistInfo, device: torch.device,
                             keep=cfg.grid, amp=amp, progress=cfg.progress)
     if writer is not None:
         writer.close()
+    if acc.count == 0:  # summed over ranks: every rank raises alike
+        shutil.rmtree(part, ignore_errors=True)
+        why = " (the language ablation needs images with two or more refs)" if cfg.ablate_language else ""
+        raise DataError(f"no sentence of {cfg.split!r} in {where.shards} was evaluated{why}; nothing to report")
     metrics = {
         "split": cfg.split, "checkpoint": str(where.checkpoint), "step": ckpt.get("step"),
         "shards": str(where.shards), "size": where.size, "vocab_sha256": ckpt["vocab_sha256"],

@@ -412,3 +412,162 @@ def test_download_refuses_a_zip_bomb_with_one_line_and_no_leftovers(tmp_path, mo
     r = CliRunner().invoke(app, ["download", "--dataset", "unc", "--no-progress", "--max-expansion", "100000"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "data/refcoco/z").stat().st_size == 2_000_000
+
+
+# ---- item 3: nothing waits forever ---------------------------------------------------------------
+
+def test_build_whose_worker_is_killed_fails_with_one_line_and_resumes(tmp_path, monkeypatch):
+    """Issue 15 item 3: a shard-writing process killed by the OOM killer (SIGKILL) used to leave
+    the build waiting forever. Now it fails with one line and the rerun finishes the same bytes."""
+    import os
+    import signal
+    import sys
+
+    from dmn_data.build import ToyOptions
+
+    build_module = sys.modules["dmn_data.build"]  # dmn_data.build is also the name of the function
+
+    toy = ToyOptions(train=6, val=2, test=2, size=64)
+    clean = build(BuildConfig(dataset="toy", out=tmp_path / "clean", shard_size=2, workers=1, toy=toy), progress=False)
+    real = build_module.write_shard
+
+    def dies_on_the_second_train_shard(task):
+        if task.path.endswith("train-000001.tar"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(task)
+
+    monkeypatch.setattr(build_module, "write_shard", dies_on_the_second_train_shard)
+    cfg = BuildConfig(dataset="toy", out=tmp_path / "out", shard_size=2, workers=2, toy=toy)
+    with pytest.raises(DataError, match="process died .*rerun the same command to resume"):
+        build(cfg, progress=False)
+    assert not (tmp_path / "out/toy/manifest.json").exists()
+    monkeypatch.setattr(build_module, "write_shard", real)
+    assert build(cfg, progress=False)["splits"] == clean["splits"]
+
+
+def _rewrite_samples(ddir: Path, split: str, change, *, fix_counts: bool = True) -> None:
+    """Apply ``change(meta) -> meta`` to every sample of ``split`` and fix each shard's sha256 and
+    size in the manifest (and its refs/sentences counts when ``fix_counts``), so only what
+    ``change`` did is wrong."""
+    import hashlib
+    import io
+    import tarfile
+
+    manifest = json.loads((ddir / "manifest.json").read_text())
+    for entry in manifest["splits"][split]["shards"]:
+        path = ddir / entry["name"]
+        with tarfile.open(path) as src:
+            members = [(m, src.extractfile(m).read()) for m in src]
+        buf, refs, sentences = io.BytesIO(), 0, 0
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for m, data in members:
+                if m.name.endswith(".json"):
+                    meta = change(json.loads(data))
+                    refs += len(meta["refs"])
+                    sentences += sum(len(r["sentences"]) for r in meta["refs"])
+                    data = json.dumps(meta).encode()
+                    m.size = len(data)
+                tar.addfile(m, io.BytesIO(data))
+        path.write_bytes(buf.getvalue())
+        entry.update(sha256=hashlib.sha256(buf.getvalue()).hexdigest(), bytes=len(buf.getvalue()))
+        if fix_counts:
+            entry.update(refs=refs, sentences=sentences)
+    if fix_counts:
+        for key in ("refs", "sentences"):
+            manifest["splits"][split][key] = sum(e[key] for e in manifest["splits"][split]["shards"])
+    (ddir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _no_refs(meta):
+    return {**meta, "refs": []}
+
+
+class _Deadline:
+    """Fail a test that would wait forever (the bug) instead of hanging CI."""
+
+    def __init__(self, seconds: int):
+        self.seconds = seconds
+
+    def __enter__(self):
+        import signal
+
+        def timeout(*_):
+            raise TimeoutError(f"still waiting after {self.seconds} s")
+
+        self.previous = signal.signal(signal.SIGALRM, timeout)
+        signal.alarm(self.seconds)
+
+    def __exit__(self, *exc):
+        import signal
+
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, self.previous)
+
+
+def test_training_stream_over_shards_without_sentences_fails_instead_of_waiting(tmp_path):
+    """Issue 15 item 3: samples without refs behind a manifest that promises sentences made the
+    endless training stream resample them forever."""
+    from dmn_data.stream import make_loader
+    from shardgen import write_dataset
+
+    ddir = write_dataset(tmp_path, splits={"train": 4, "val": 2}, shard_size=2)
+    _rewrite_samples(ddir, "train", _no_refs, fix_counts=False)
+    with _Deadline(60), pytest.raises(DataError, match="holds 0 sentences, its manifest says"):
+        next(iter(make_loader(ddir, "train", size=32, batch_size=2, train=True, workers=0)))
+
+
+def test_split_without_sentences_is_refused_up_front(tmp_path):
+    from typer.testing import CliRunner
+
+    from dmn_data.stream import make_loader
+    from dmn_train.cli_train import app
+    from shardgen import write_dataset
+
+    ddir = write_dataset(tmp_path, splits={"train": 4, "val": 2}, shard_size=2)
+    _rewrite_samples(ddir, "train", _no_refs)
+    with pytest.raises(DataError, match="split 'train' of .* holds no sentence"):
+        make_loader(ddir, "train", size=32, batch_size=2, train=True, workers=0)
+    with _Deadline(120):
+        r = CliRunner().invoke(app, ["--shards", str(ddir), "--preset", "tiny", "--size", "32", "--steps", "2",
+                                     "--workers", "0", "--no-progress", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "holds no sentence" in r.output, r.output
+
+
+def _tiny_checkpoint(ddir: Path, path: Path) -> Path:
+    """A freshly initialised tiny DMN saved as dmn-train would: enough for dmn-eval."""
+    import dataclasses
+    import hashlib
+
+    import torch
+
+    from dmn_model.checkpoint import save_checkpoint
+    from dmn_model.config import preset
+    from dmn_model.network import DMN
+
+    vocab = json.loads((ddir / "vocab.json").read_text())
+    cfg = preset("tiny")
+    torch.manual_seed(0)
+    save_checkpoint(path, {"model": DMN(cfg, len(vocab)).state_dict(), "model_config": dataclasses.asdict(cfg),
+                           "vocab_sha256": hashlib.sha256((ddir / "vocab.json").read_bytes()).hexdigest(),
+                           "vocab_size": len(vocab), "train_config": {"shards": str(ddir), "size": 32}})
+    return path
+
+
+def test_evaluating_zero_sentences_is_an_error(tmp_path):
+    """Issue 15 item 3: 0 sentences evaluated used to report metrics and exit 0."""
+    from typer.testing import CliRunner
+
+    from dmn_train.cli_eval import app
+    from shardgen import write_dataset
+
+    ddir = write_dataset(tmp_path, splits={"train": 2, "val": 3}, shard_size=2)
+    _rewrite_samples(ddir, "val", lambda meta: {**meta, "refs": meta["refs"][:1]})  # one ref per image
+    ckpt = _tiny_checkpoint(ddir, tmp_path / "ck" / "model.pt")
+    args = ["--split", "val", "--checkpoint", str(ckpt), "--workers", "0", "--no-progress", "--grid", "0",
+            "--out", str(tmp_path / "eval")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, [*args, "--ablate-language", "--out", str(tmp_path / "ablate")])
+    assert r.exit_code == 2 and "no sentence of 'val'" in r.output and "two or more refs" in r.output, r.output
+    assert not (tmp_path / "ablate" / "metrics.json").exists()
+    assert not list((tmp_path / "ablate").glob(".predictions*"))
