@@ -571,3 +571,53 @@ def test_evaluating_zero_sentences_is_an_error(tmp_path):
     assert r.exit_code == 2 and "no sentence of 'val'" in r.output and "two or more refs" in r.output, r.output
     assert not (tmp_path / "ablate" / "metrics.json").exists()
     assert not list((tmp_path / "ablate").glob(".predictions*"))
+
+
+# ---- item 8: clobbering --------------------------------------------------------------------------
+
+def _digest(folder: Path) -> dict:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_replaces_the_old_build_only_after_the_new_one_succeeded(tmp_path):
+    root = tmp_path / "data"
+    make_refer_root(root, images_per_split=2)
+    out = tmp_path / "out"
+    build(BuildConfig(dataset="unc", out=out, data_root=root), progress=False)
+    before = _digest(out / "unc")
+    failing = BuildConfig(dataset="unc", out=out, data_root=root, shard_size=1, overwrite=True, image_root=tmp_path / "nowhere")
+    with pytest.raises(DataError, match="every image was skipped"):
+        build(failing, progress=False)
+    assert _digest(out / "unc") == before  # the old, complete build is untouched
+    manifest = build(BuildConfig(dataset="unc", out=out, data_root=root, shard_size=1, overwrite=True), progress=False)
+    assert manifest["options"]["shard_size"] == 1 and len(list((out / "unc/train").glob("*.tar"))) == 2
+    assert sorted(p.name for p in out.iterdir()) == [".unc.lock", "unc"]  # no staging or replaced copy left
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_build(tmp_path):
+    root = tmp_path / "data"
+    make_refer_root(root, images_per_split=1)
+    (tmp_path / "out/unc").mkdir(parents=True)
+    (tmp_path / "out/unc/thesis.tex").write_text("years of work")
+    for overwrite in (False, True):
+        with pytest.raises(DataError, match="is not a dmn-data build; it is left as it is") as err:
+            build(BuildConfig(dataset="unc", out=tmp_path / "out", data_root=root, overwrite=overwrite), progress=False)
+        assert "--overwrite" not in str(err.value)
+    assert (tmp_path / "out/unc/thesis.tex").read_text() == "years of work"
+
+
+def test_second_concurrent_build_into_the_same_folder_fails_with_one_line(tmp_path):
+    import fcntl
+
+    root = tmp_path / "data"
+    make_refer_root(root, images_per_split=1)
+    (tmp_path / "out").mkdir()
+    with open(tmp_path / "out/.unc.lock", "a") as held:  # what the first build holds while it runs
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(DataError, match="another dmn-data build is writing"):
+            build(BuildConfig(dataset="unc", out=tmp_path / "out", data_root=root), progress=False)
+    assert not (tmp_path / "out/unc").exists()
+    assert build(BuildConfig(dataset="unc", out=tmp_path / "out", data_root=root), progress=False)["totals"]["images"] == 4
