@@ -329,6 +329,8 @@ def evaluate(cfg: EvalConfig, info: DistInfo, device: torch.device,
     ckpt_path, run_dir = find_checkpoint(cfg)
     ckpt = load_checkpoint(ckpt_path)
     where = resolve(cfg, ckpt, ckpt_path, run_dir)
+    if where.out.exists() and not where.out.is_dir():
+        raise DataError(f"--out {where.out} is a file; pass a folder for the evaluation's outputs")
     manifest = read_manifest(where.shards)
     check_split(manifest, cfg.split, where.shards)
     check_vocab(ckpt, where.shards, str(where.checkpoint))

@@ -621,3 +621,52 @@ def test_second_concurrent_build_into_the_same_folder_fails_with_one_line(tmp_pa
             build(BuildConfig(dataset="unc", out=tmp_path / "out", data_root=root), progress=False)
     assert not (tmp_path / "out/unc").exists()
     assert build(BuildConfig(dataset="unc", out=tmp_path / "out", data_root=root), progress=False)["totals"]["images"] == 4
+
+
+def test_train_into_a_folder_that_is_not_a_run_writes_nothing(tmp_path):
+    """Issue 15 items 8 and 9: --out into a foreign folder overwrote its config.json and the
+    parent's latest before failing; --out that is a file gave a traceback."""
+    from typer.testing import CliRunner
+
+    from dmn_train.cli_train import app
+    from shardgen import write_dataset
+
+    ddir = write_dataset(tmp_path / "shards", splits={"train": 2, "val": 2}, shard_size=2)
+    parent = tmp_path / "work"
+    (parent / "project").mkdir(parents=True)
+    (parent / "project/config.json").write_text('{"my": "settings"}')
+    (parent / "latest").write_text("older-run\n")
+    (parent / "notes.txt").write_text("a file")
+    before = _digest(parent)
+    for target in (parent / "project", parent / "notes.txt"):
+        r = CliRunner().invoke(app, ["--shards", str(ddir), "--preset", "tiny", "--size", "32", "--steps", "1",
+                                     "--workers", "0", "--no-progress", "--out", str(target)])
+        assert r.exit_code == 2 and r.output.count("error:") == 1, r.output
+        assert ("not a dmn-train run" in r.output) if target.is_dir() else ("is a file" in r.output), r.output
+    assert _digest(parent) == before and sorted(p.name for p in parent.iterdir()) == ["latest", "notes.txt", "project"]
+
+
+def test_eval_out_that_is_a_file_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from dmn_train.cli_eval import app
+    from shardgen import write_dataset
+
+    ddir = write_dataset(tmp_path, splits={"train": 2, "val": 2}, shard_size=2)
+    ckpt = _tiny_checkpoint(ddir, tmp_path / "ck" / "model.pt")
+    (tmp_path / "out.txt").write_text("x")
+    r = CliRunner().invoke(app, ["--split", "val", "--checkpoint", str(ckpt), "--workers", "0", "--no-progress",
+                                 "--out", str(tmp_path / "out.txt")])
+    assert r.exit_code == 2 and "is a file" in r.output, r.output
+    assert (tmp_path / "out.txt").read_text() == "x"
+
+
+def test_build_out_that_is_a_file_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from dmn_data.cli import app
+
+    (tmp_path / "out").write_text("x")
+    r = CliRunner().invoke(app, ["build", "--out", str(tmp_path / "out"), "--toy-train", "2", "--toy-val", "1",
+                                 "--toy-test", "1", "--toy-size", "64", "--workers", "1", "--no-progress"])
+    assert r.exit_code == 2 and "is a file" in r.output and "Traceback" not in r.output, r.output
