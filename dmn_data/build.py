@@ -392,4 +392,5 @@ def _manifest(cfg, ddir, source, splits, tasks, options, fingerprint, vocab_size
     return {"format": FORMAT, "dataset": cfg.dataset, "source": source.description, "options": options,
             "fingerprint": fingerprint, "vocab": {"file": VOCAB, "size": vocab_size, "sha256": vocab_sha},
             "splits": out_splits, "totals": totals, "skipped": dict(sorted(skipped.items())),
-            "skipped_examples": {k: v for k, v in sorted(examples.items()) if k in skipped}}
+            "skipped_examples": {k: v for k, v in sorted(examples.items()) if k in skipped},
+            "latin1_strings": {"count": source.latin1_strings, "examples": source.latin1_examples}}

@@ -98,6 +98,10 @@ def build_cmd(
         for reason, count in manifest["skipped"].items():
             example = (manifest["skipped_examples"].get(reason) or [""])[0]
             err_console.print(f"  {reason}: {count}  e.g. {example}", highlight=False)
+    latin1 = manifest.get("latin1_strings") or {}
+    if latin1.get("count"):
+        err_console.print(f"[yellow]text:[/yellow] {latin1['count']} string(s) of the raw files were not UTF-8 and were "
+                          f"read as latin-1 (counted in manifest.json), e.g. {', '.join(latin1['examples'])}", highlight=False)
     console.print(f"next: dmn-train --shards {ddir}", highlight=False)
 
 

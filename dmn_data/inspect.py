@@ -51,8 +51,8 @@ def _pair(path: Path, key: str, members: dict[str, bytes]) -> tuple[str, str, by
         raise DataError(f"{path}: sample {key} has members {sorted(members)}, expected one image and .{META_EXT}")
     try:
         meta = json.loads(members[META_EXT])
-    except ValueError as err:
-        raise DataError(f"{path}: sample {key}: bad JSON ({err})") from None
+    except (ValueError, RecursionError) as err:
+        raise DataError(f"{path}: sample {key}: bad JSON ({type(err).__name__}: {str(err)[:150]})") from None
     return key, exts[0], members[exts[0]], meta
 
 

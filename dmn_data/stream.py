@@ -234,8 +234,8 @@ def _expand(samples: Iterator[dict], *, ablate_language: bool = False) -> Iterat
                            "image_id": meta["image_id"], "ref_id": ref["ref_id"], "mask": ref["mask"],
                            "sent_id": sent["sent_id"], "ids": said["ids"], "tokens": said["tokens"],
                            "raw": said["raw"]}
-        except (ValueError, KeyError, TypeError) as err:
-            raise DataError(f"{where}: bad annotation ({type(err).__name__}: {err})") from None
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+            raise DataError(f"{where}: bad annotation ({type(err).__name__}: {str(err)[:150]})") from None
 
 
 def _shuffle(items: Iterator[dict], *, bufsize: int, source: _ShardList) -> Iterator[dict]:

@@ -670,3 +670,106 @@ def test_build_out_that_is_a_file_is_one_line(tmp_path):
     r = CliRunner().invoke(app, ["build", "--out", str(tmp_path / "out"), "--toy-train", "2", "--toy-val", "1",
                                  "--toy-test", "1", "--toy-size", "64", "--workers", "1", "--no-progress"])
     assert r.exit_code == 2 and "is a file" in r.output and "Traceback" not in r.output, r.output
+
+
+# ---- item 7: text ------------------------------------------------------------------------------
+
+def test_one_invalid_utf8_string_falls_back_alone_and_is_counted(tmp_path):
+    """Issue 15 item 7: one invalid byte made the whole refs file decode as latin-1 ("café" became
+    "cafÃ©" everywhere, in the vocabulary too). Now only that string falls back, and it is counted."""
+    root = tmp_path / "data"
+    src = make_refer_root(root, images_per_split=2)
+    refs = src["refs"]
+    for ref in refs:
+        for s in ref["sentences"]:
+            s.update(tokens=["café", "man"], raw="café man", sent="café man")
+    refs[-1]["sentences"][0].update(tokens=["naïve", "ZZ"], raw="naïve ZZ", sent="naïve ZZ")
+    data = py2_pickle(refs)
+    assert data.count(b"ZZ") == 3
+    (root / "refcoco" / "refs(unc).p").write_bytes(data.replace(b"ZZ", b"\xe9\xe9"))  # not UTF-8: only these 3 strings
+    manifest = build(BuildConfig(dataset="unc", out=tmp_path / "out", data_root=root, splits=("train",)), progress=False)
+    vocab = json.loads((tmp_path / "out/unc/vocab.json").read_text())
+    assert "café" in vocab and "cafÃ©" not in vocab
+    assert manifest["latin1_strings"]["count"] == 3
+    assert repr("naïve ".encode() + b"\xe9\xe9") in manifest["latin1_strings"]["examples"]
+
+
+def test_valid_files_report_no_latin1(tmp_path):
+    from dmn_data.pickles import TextReport, load_plain_pickle
+
+    (tmp_path / "r.p").write_bytes(py2_pickle([{"raw": "café", "tokens": ["café"]}]))
+    report = TextReport()
+    assert load_plain_pickle(tmp_path / "r.p", report) == [{"raw": "café", "tokens": ["café"]}]
+    assert report.latin1 == 0
+
+
+# ---- item 9: tracebacks where one line is promised -----------------------------------------------
+
+_BAD_PICKLES = {
+    "build_on_dict": b"\x80\x02}}b.",
+    "append_on_dict": b"\x80\x02}K\x01a.",
+    "appends_on_str": b"\x80\x02U\x01a(K\x01e.",
+    "setitem_on_list": b"\x80\x02]K\x01K\x02s.",
+    "huge_length": b"\x80\x02T\xff\xff\xff\x7f",
+    "deep_nesting": b"\x80\x02" + b"]" * 200_000 + b"a" * 199_999 + b".",
+    "global": b"\x80\x02cos\nsystem\nq\x00.",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_BAD_PICKLES))
+def test_malformed_refs_pickles_are_one_line(tmp_path, kind):
+    from dmn_data.pickles import load_plain_pickle
+
+    (tmp_path / "r.p").write_bytes(_BAD_PICKLES[kind])
+    with pytest.raises(DataError, match="not a readable refs pickle"):
+        load_plain_pickle(tmp_path / "r.p")
+
+
+@pytest.mark.parametrize("field,value", [("ref_id", [1]), ("sentences", {"a": 1}), ("sentences", [{"raw": 5, "tokens": None,
+                         "sent_id": 1}]), ("sentences", [{"raw": "a man", "tokens": ["a", "man"], "sent_id": "x"}]),
+                         ("image_id", None), ("category_id", "cat"), ("ann_id", {"x": 1}), ("sentences", "abc")])
+def test_ref_fields_of_the_wrong_type_are_counted(tmp_path, field, value):
+    root = tmp_path / "data"
+    src = make_refer_root(root, images_per_split=2)
+    src["refs"][0][field] = value
+    _rewrite(root, src["refs"], src["instances"])
+    manifest = build(BuildConfig(dataset="unc", out=tmp_path / "out", data_root=root), progress=False)
+    reasons = manifest["skipped"]
+    assert reasons.get("malformed_ref", 0) + reasons.get("missing_annotation", 0) + reasons.get("missing_image_entry", 0) \
+        + reasons.get("no_sentences", 0) >= 1, reasons
+
+
+@pytest.mark.parametrize("change,reason", [
+    (lambda inst: inst["images"][0].update(width="wide"), "malformed_image"),
+    (lambda inst: inst["images"][0].update(width="640"), "malformed_image"),
+    (lambda inst: inst["images"][0].update(height=None), "malformed_image"),
+    (lambda inst: inst["annotations"][0].update(bbox=None), "malformed_ref"),
+    (lambda inst: inst["annotations"][0].update(bbox=["a", 1, 2, 3]), "malformed_ref"),
+])
+def test_instances_fields_of_the_wrong_type_are_counted(tmp_path, change, reason):
+    """Issue 15 item 9: instances.json with a string width or a null bbox gave a traceback."""
+    root = tmp_path / "data"
+    src = make_refer_root(root, images_per_split=2)
+    change(src["instances"])
+    _rewrite(root, src["refs"], src["instances"])
+    manifest = build(BuildConfig(dataset="unc", out=tmp_path / "out", data_root=root), progress=False)
+    assert manifest["skipped"].get(reason, 0) >= 1, manifest["skipped"]
+
+
+@pytest.mark.parametrize("segmentation", [None, "polygon?", {"size": [1, 2]}, {"counts": 5, "size": "x"},
+                                          [[1, 2, "a", 4, 5, 6]], {"size": [4, 5], "counts": "52\u00e907"}])
+def test_segmentations_of_the_wrong_shape_are_counted(tmp_path, segmentation):
+    root = tmp_path / "data"
+    src = make_refer_root(root, images_per_split=2)
+    src["instances"]["annotations"][0]["segmentation"] = segmentation
+    _rewrite(root, src["refs"], src["instances"])
+    manifest = build(BuildConfig(dataset="unc", out=tmp_path / "out", data_root=root), progress=False)
+    assert sum(manifest["skipped"].values()) >= 1, manifest["skipped"]
+
+
+def test_deeply_nested_instances_json_is_one_line(tmp_path):
+    root = tmp_path / "data"
+    make_refer_root(root, images_per_split=1)
+    (root / "refcoco" / "instances.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match="not a COCO instances file"):
+        build(BuildConfig(dataset="unc", out=tmp_path / "out", data_root=root), progress=False)
