@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from .errors import DataError, SkipItem
+from .images import to_rgb
 from .keys import IMAGE_EXTS, META_EXT, VOCAB
 from .manifest import read_manifest
 from .masks import check_rle_counts, decode_rle
@@ -115,6 +116,7 @@ def _check_samples(path: Path, split: str, vocab_size: int, problems: list[str])
         try:
             with Image.open(io.BytesIO(img)) as im:
                 im.load()
+                to_rgb(im)  # as the training stream converts it
                 if im.size != (meta["width"], meta["height"]):
                     problems.append(f"{where}: image is {im.size}, JSON says {(meta['width'], meta['height'])}")
         except (OSError, SyntaxError, ValueError) as err:
@@ -162,7 +164,8 @@ def show_grid(dataset_dir: Path, split: str, n: int, out: Path, *, seed: int = 0
     rows = int(np.ceil(len(picked) / cols))
     sheet = Image.new("RGB", (cols * tile, rows * (tile + text_h)), "white")
     for i, (img, ref, sentence) in enumerate(picked):
-        im = Image.open(io.BytesIO(img)).convert("RGB")
+        with Image.open(io.BytesIO(img)) as opened:
+            im = to_rgb(opened)
         mask = decode_rle(ref["mask"]).astype(bool)
         arr = np.asarray(im).copy()
         arr[mask] = (0.45 * arr[mask] + 0.55 * np.array([255, 30, 30])).astype(np.uint8)

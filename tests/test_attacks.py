@@ -773,3 +773,120 @@ def test_deeply_nested_instances_json_is_one_line(tmp_path):
     (root / "refcoco" / "instances.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(DataError, match="not a COCO instances file"):
         build(BuildConfig(dataset="unc", out=tmp_path / "out", data_root=root), progress=False)
+
+
+# ---- item 5: every image mode decodes to the right RGB pixels, or is counted -------------------
+
+W5, H5 = 24, 16
+
+
+def _gradient(mode: str):
+    """A smooth image of ``mode`` (smooth so that JPEG stays close to it)."""
+    import numpy as np
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:H5, 0:W5]
+    r, g, b = xx * 255 // (W5 - 1), yy * 255 // (H5 - 1), (xx + yy) * 255 // (W5 + H5 - 2)
+    rgb = Image.fromarray(np.stack([r, g, b], -1).astype(np.uint8), "RGB")
+    if mode in ("I", "I;16"):
+        sixteen = Image.fromarray((xx * 65535 // (W5 - 1)).astype(np.uint16))  # mode I;16
+        return sixteen.convert("I") if mode == "I" else sixteen
+    if mode == "F":
+        return Image.fromarray((xx / (W5 - 1)).astype(np.float32), "F")
+    if mode == "PA":
+        return rgb.convert("P").convert("PA")
+    return rgb.convert(mode)
+
+
+def _png(depth: int, ctype: int, rows) -> bytes:
+    """A PNG written by hand: 16-bit colour and greyscale, which PIL cannot save."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", W5, H5, depth, ctype, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _sixteen_bit_pngs():
+    """(name, PNG bytes, expected (H, W, 3) uint8): 16-bit grey, grey+alpha, RGB, RGBA; the
+    expected pixels are the high bytes, alpha dropped."""
+    import numpy as np
+
+    yy, xx = np.mgrid[0:H5, 0:W5]
+    v = (xx * 65535 // (W5 - 1) ^ yy * 37).astype(np.uint16)  # uses the low byte too
+    alpha = np.full_like(v, 65535)
+    out = []
+    for name, ctype, channels in (("grey16", 0, [v]), ("greyalpha16", 4, [v, alpha]),
+                                  ("rgb16", 2, [v, v[::-1], 65535 - v]), ("rgba16", 6, [v, v[::-1], 65535 - v, alpha])):
+        data = np.stack(channels, -1).astype(">u2")
+        colour = channels[:3] if len(channels) >= 3 else [v, v, v]
+        out.append((name, _png(16, ctype, data), (np.stack(colour, -1) >> 8).astype(np.uint8)))
+    return out
+
+
+_MODES = ["1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LA", "PA", "I", "I;16", "F"]
+
+
+def _through_build_and_stream(data: bytes):
+    """The image as the build checks it (SkipItem if refused) and as the stream decodes it."""
+    from dmn_data.records import ImageItem
+    from dmn_data.transforms import decode_resized
+    from dmn_data.writer import _image_bytes
+
+    _image_bytes(ImageItem(image_id=1, file_name="x", split="train", width=W5, height=H5, refs=(), data=data))
+    return decode_resized(data, H5, W5, max(H5, W5))
+
+
+@pytest.mark.parametrize("mode", _MODES)
+def test_every_pil_mode_decodes_to_the_right_rgb_or_is_counted(mode):
+    """Issue 15 item 5: each mode is stored as PNG and/or JPEG where that format can hold it; what
+    the build accepts must decode to the right RGB pixels in the stream. A mode neither format holds
+    (written as TIFF) is counted as unsupported_format."""
+    import io
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from dmn_data.errors import SkipItem
+
+    im = _gradient(mode)
+    stored = 0
+    for fmt in ("PNG", "JPEG"):
+        buf = io.BytesIO()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # Pillow 12: saving mode I as PNG
+                im.save(buf, format=fmt)
+        except (OSError, ValueError):
+            continue  # this format cannot hold this mode
+        stored += 1
+        got = _through_build_and_stream(buf.getvalue())
+        assert got.shape == (H5, W5, 3) and got.dtype == np.uint8
+        if mode in ("I", "I;16"):
+            expected = np.repeat((np.asarray(im).astype(np.int64) >> 8).astype(np.uint8)[..., None], 3, -1)
+        elif fmt == "PNG":
+            expected = np.asarray(im.convert("RGB"))
+        else:  # lossy: against PIL's full decode of the same file, and close to the original
+            expected = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+            assert np.abs(got.astype(int) - np.asarray(im.convert("RGB")).astype(int)).mean() < 8, (mode, fmt)
+        np.testing.assert_array_equal(got, expected, err_msg=f"{mode} as {fmt}")
+    if stored == 0:
+        buf = io.BytesIO()
+        im.save(buf, format="TIFF")
+        with pytest.raises(SkipItem) as err:
+            _through_build_and_stream(buf.getvalue())
+        assert err.value.reason == "unsupported_format" and "TIFF" in err.value.detail
+
+
+@pytest.mark.parametrize("index", range(4), ids=["grey16", "greyalpha16", "rgb16", "rgba16"])
+def test_sixteen_bit_pngs_decode_to_their_high_byte(index):
+    """A 16-bit greyscale PNG (PIL mode I;16) used to clip to white: nearly every pixel 255."""
+    import numpy as np
+
+    name, data, expected = _sixteen_bit_pngs()[index]
+    np.testing.assert_array_equal(_through_build_and_stream(data), expected, err_msg=name)
