@@ -19,42 +19,25 @@ from .images import to_rgb
 from .keys import IMAGE_EXTS, META_EXT, VOCAB
 from .manifest import read_manifest
 from .masks import check_rle_counts, decode_rle
+from .tarsamples import iter_samples
 
 
 def iter_tar_samples(path: Path) -> Iterator[tuple[str, str, bytes, dict]]:
-    """``(key, image_ext, image_bytes, meta)`` for each sample of one shard, in file order.
-    Raises ``DataError`` for a tar that is unreadable or whose members do not pair up."""
+    """``(key, image_ext, image_bytes, meta)`` for each sample of one shard, in file order, under
+    the training stream's rules (:mod:`dmn_data.tarsamples`). Raises ``DataError`` for a tar that
+    is unreadable or breaks a rule."""
     try:
-        with tarfile.open(path, "r") as tar:
-            pending: dict[str, bytes] = {}
-            key = None
-            for member in tar:
-                k, _, ext = member.name.partition(".")
-                if key is not None and k != key:
-                    yield _pair(path, key, pending)
-                    pending = {}
-                # the same rules as the training stream: regular files only, each name once
-                if not member.isfile():
-                    raise DataError(f"{path}: member {member.name!r} is not a regular file; rebuild the shard with dmn-data build")
-                if ext in pending and k == key:
-                    raise DataError(f"{path}: duplicate member {member.name!r} (training refuses this shard); rebuild it with dmn-data build")
-                key = k
-                pending[ext] = tar.extractfile(member).read()
-            if key is not None:
-                yield _pair(path, key, pending)
+        with open(path, "rb") as f:
+            for sample in iter_samples(f, str(path)):
+                key = sample["__key__"]
+                ext = next(e for e in IMAGE_EXTS if e in sample)
+                try:
+                    meta = json.loads(sample[META_EXT])
+                except (ValueError, RecursionError) as err:
+                    raise DataError(f"{path}: sample {key}: bad JSON ({type(err).__name__}: {str(err)[:150]})") from None
+                yield key, ext, sample[ext], meta
     except (tarfile.TarError, OSError, EOFError) as err:
         raise DataError(f"{path}: unreadable shard ({err})") from None
-
-
-def _pair(path: Path, key: str, members: dict[str, bytes]) -> tuple[str, str, bytes, dict]:
-    exts = [e for e in IMAGE_EXTS if e in members]
-    if len(exts) != 1 or META_EXT not in members or len(members) != 2:
-        raise DataError(f"{path}: sample {key} has members {sorted(members)}, expected one image and .{META_EXT}")
-    try:
-        meta = json.loads(members[META_EXT])
-    except (ValueError, RecursionError) as err:
-        raise DataError(f"{path}: sample {key}: bad JSON ({type(err).__name__}: {str(err)[:150]})") from None
-    return key, exts[0], members[exts[0]], meta
 
 
 def info_rows(dataset_dir: Path) -> tuple[dict, list[list[str]]]:

@@ -50,7 +50,6 @@ import io
 import json
 import math
 import random
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -65,6 +64,7 @@ from .errors import DataError
 from .keys import IMAGE_EXTS, MANIFEST, META_EXT
 from .manifest import read_manifest
 from .safety import inside
+from .tarsamples import iter_samples
 from .transforms import Mirror, collate, make_example
 
 
@@ -149,18 +149,6 @@ class _ShardList(IterableDataset):
         yield from self.shards[self.rank::self.world_size][worker::workers]
 
 
-def _tar_files(stream: BinaryIO, url: str) -> Iterator[dict]:
-    """``{"fname", "data", "__url__"}`` per member, read in one pass. Unlike webdataset's expander,
-    which skips them silently, a member that is not a regular file is an error: ``dmn-data verify``
-    applies the same rule, so verify and training accept exactly the same shards."""
-    with tarfile.open(fileobj=stream, mode="r|*") as tar:
-        for member in tar:
-            if not member.isreg():
-                raise DataError(f"shard {url}: member {member.name!r} is not a regular file; rebuild it with dmn-data build")
-            yield {"fname": member.name, "data": tar.extractfile(member).read(), "__url__": url}
-            tar.members = []  # stream mode: do not keep every header in memory
-
-
 def _read_samples(shards: Iterator[_Shard]) -> Iterator[dict]:
     """``{"__key__", "__url__", "jpg"|"png": bytes, "json": bytes}``, one per image; a shard that
     cannot be read, or holds another number of images than the manifest says, is a DataError."""
@@ -169,8 +157,7 @@ def _read_samples(shards: Iterator[_Shard]) -> Iterator[dict]:
         stream = None
         try:
             stream = _open_shard(shard)
-            files = _tar_files(stream, shard.url)
-            for sample in wds.tariterators.group_by_keys(files):
+            for sample in iter_samples(stream, shard.url):  # the rules dmn-data verify applies too
                 count += 1
                 sample["__split__"] = shard.split
                 yield sample

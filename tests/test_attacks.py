@@ -197,10 +197,67 @@ def _directory(tar, members):
     tar.addfile(m)
 
 
-@pytest.mark.parametrize("extra", [_duplicate_last, _symlink, _directory], ids=["duplicate", "symlink", "directory"])
-def test_verify_refuses_what_training_refuses(tmp_path, extra):
-    """Issue 15 items 4 and 9: a tar with a duplicate member name, a symlink or a directory is
-    refused by both verify and the training stream, with one line and no traceback."""
+def _special(kind):
+    def add(tar, members):
+        import tarfile
+
+        m = tarfile.TarInfo(members[-1][0].name.split(".")[0] + ".txt")
+        m.type = kind
+        m.linkname = members[0][0].name if kind == tarfile.LNKTYPE else ""
+        tar.addfile(m)
+
+    return add
+
+
+def _hardlink(tar, members):
+    import tarfile
+
+    _special(tarfile.LNKTYPE)(tar, members)
+
+
+def _fifo(tar, members):
+    import tarfile
+
+    _special(tarfile.FIFOTYPE)(tar, members)
+
+
+def _sample_again(tar, members):
+    """The first sample's members again, after another sample: a non-adjacent duplicate key."""
+    import io
+
+    for m, data in members[:2]:
+        tar.addfile(m, io.BytesIO(data))
+
+
+def _no_extension(tar, members):
+    import io
+    import tarfile
+
+    m = tarfile.TarInfo("README")
+    m.size = 2
+    tar.addfile(m, io.BytesIO(b"hi"))
+
+
+def _extra_member(tar, members):
+    import io
+    import tarfile
+
+    m = tarfile.TarInfo(members[-1][0].name.split(".")[0] + ".txt")
+    m.size = 2
+    tar.addfile(m, io.BytesIO(b"hi"))
+
+
+_TAR_ATTACKS = {"duplicate": _duplicate_last, "symlink": _symlink, "directory": _directory, "hardlink": _hardlink,
+                "fifo": _fifo, "non_adjacent_duplicate_key": _sample_again, "no_extension": _no_extension,
+                "extra_member": _extra_member}
+
+
+@pytest.mark.parametrize("attack", sorted(_TAR_ATTACKS))
+def test_verify_refuses_what_training_refuses(tmp_path, attack):
+    """Issue 15 items 4 and 9: a tar with a duplicate member name, a sample key twice (adjacent
+    or not), a symlink, hardlink, directory or FIFO, a member not named <key>.<ext> or a member too
+    many is refused by verify, show and the training stream alike, with one line and no traceback."""
+    extra = _TAR_ATTACKS[attack]
     from typer.testing import CliRunner
 
     from dmn_data.cli import app
@@ -210,8 +267,10 @@ def test_verify_refuses_what_training_refuses(tmp_path, extra):
     ddir = write_dataset(tmp_path, splits={"train": 2, "val": 2}, shard_size=2)
     _rewrite_shard_with(ddir, extra)
     r = CliRunner().invoke(app, ["verify", str(ddir), "--no-progress"])
-    assert r.exit_code != 0, r.output
-    assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit), r.output
+    assert r.exit_code == 1, r.output
+    assert isinstance(r.exception, SystemExit), r.output
+    r = CliRunner().invoke(app, ["show", str(ddir), "--split", "val", "-n", "50", "-o", str(tmp_path / "g.png")])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit) and r.output.count("error:") == 1, r.output
     with pytest.raises(DataError):
         list(make_loader(ddir, "val", size=32, batch_size=2, train=False, workers=0))
 
