@@ -65,6 +65,7 @@ from .keys import IMAGE_EXTS, MANIFEST, META_EXT
 from .manifest import read_manifest
 from .safety import inside
 from .tarsamples import iter_samples
+from .tokens import valid_token_ids
 from .transforms import Mirror, collate, make_example
 
 
@@ -177,7 +178,7 @@ def _read_samples(shards: Iterator[_Shard]) -> Iterator[dict]:
                 stream.close()
 
 
-def _expand(samples: Iterator[dict], *, ablate_language: bool = False) -> Iterator[dict]:
+def _expand(samples: Iterator[dict], *, vocab_size: int, ablate_language: bool = False) -> Iterator[dict]:
     """One item per (image, ref, sentence): the image bytes (shared, not decoded yet), the image
     size, the ref's RLE and the sentence's ids/tokens/raw text.
 
@@ -209,10 +210,14 @@ def _expand(samples: Iterator[dict], *, ablate_language: bool = False) -> Iterat
             sentences += sum(len(ref["sentences"]) for ref in refs)
             if ablate_language and len(refs) < 2:
                 continue
+            for ref in refs:  # all checked before any is used (the ablation borrows another ref's)
+                for sent in ref["sentences"]:
+                    if not valid_token_ids(sent["ids"], vocab_size):
+                        # an id past the vocabulary would index outside the embedding table
+                        raise ValueError(f"sentence {sent['sent_id']} has token ids outside [1, {vocab_size}) "
+                                         f"or none: {str(sent['ids'])[:60]}")
             for i, ref in enumerate(refs):
                 for j, sent in enumerate(ref["sentences"]):
-                    if not sent["ids"]:
-                        raise ValueError(f"sentence {sent['sent_id']} has no tokens")
                     said = sent
                     if ablate_language:
                         other = refs[(i + 1) % len(refs)]["sentences"]
@@ -411,7 +416,7 @@ def make_loader(shards: str | Path, split: str, *, size: int, batch_size: int, t
     pipeline = wds.DataPipeline(
         source,  # _Shard: eval → this rank's then this worker's shards in order; train → endless draws
         _read_samples,  # {"__key__", "__url__", "jpg"/"png", "json"}: one image with all its refs
-        partial(_expand, ablate_language=ablate_language),  # one dict per (image, ref, sentence), image still encoded
+        partial(_expand, vocab_size=len(vocab), ablate_language=ablate_language),  # one dict per (image, ref, sentence), image still encoded
         partial(_shuffle, bufsize=shuffle_buffer, source=source) if train else None,  # same, mixed
         partial(_decode, size=size, mirror=mirror, source=source),  # transforms.Example: resized arrays
         wds.batched(batch_size, collation_fn=partial(collate, size=size), partial=True),  # batch dicts

@@ -949,3 +949,61 @@ def test_sixteen_bit_pngs_decode_to_their_high_byte(index):
 
     name, data, expected = _sixteen_bit_pngs()[index]
     np.testing.assert_array_equal(_through_build_and_stream(data), expected, err_msg=name)
+
+
+@pytest.mark.parametrize("target", ["folder", "unwritable", "unknown_extension"])
+def test_show_output_that_cannot_be_written_is_one_line(tmp_path, target):
+    """Issue 15 item 9: show -o a folder or an unwritable place gave a traceback."""
+    from typer.testing import CliRunner
+
+    from dmn_data.cli import app
+    from shardgen import write_dataset
+
+    ddir = write_dataset(tmp_path, splits={"train": 2, "val": 2}, shard_size=2)
+    # unwritable: a folder below a file cannot be created, even by root (a chmod would not stop root)
+    out = {"folder": tmp_path, "unwritable": tmp_path / "a-file" / "grid.png", "unknown_extension": tmp_path / "grid.xyz"}[target]
+    (tmp_path / "a-file").write_text("x")
+    r = CliRunner().invoke(app, ["show", str(ddir), "--split", "val", "-o", str(out)])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit) and r.output.count("error:") == 1, r.output
+    assert "-o" in r.output
+
+
+def test_token_ids_past_the_vocabulary_are_refused_by_stream_and_verify(tmp_path):
+    """Issue 15 item 9: a token id >= the vocabulary size indexed outside the embedding table."""
+    from dmn_data.inspect import verify
+    from dmn_data.stream import make_loader
+    from shardgen import VOCAB_TOKENS, write_dataset
+
+    ddir = write_dataset(tmp_path, splits={"train": 2, "val": 2}, shard_size=2)
+
+    def past_the_end(meta):
+        meta["refs"][0]["sentences"][0]["ids"][0] = len(VOCAB_TOKENS)
+        return meta
+
+    _rewrite_samples(ddir, "val", past_the_end)
+    with pytest.raises(DataError, match=r"token ids outside \[1, 22\)"):
+        list(make_loader(ddir, "val", size=32, batch_size=2, train=False, workers=0))
+    assert any("bad token ids" in p for p in verify(ddir, progress=False))
+
+
+@pytest.mark.parametrize("entry", [{"images": 1}, {"name": "../../etc/passwd", "images": 1}, "just a string",
+                                   {"name": "val/tiny-val-000000.tar"}])
+def test_malformed_manifest_entries_are_one_line_in_verify_show_and_stream(tmp_path, entry):
+    """Issue 15 item 9: a manifest entry without name (or outside the folder, or without counts)."""
+    from typer.testing import CliRunner
+
+    from dmn_data.cli import app
+    from dmn_data.stream import make_loader
+    from shardgen import write_dataset
+
+    ddir = write_dataset(tmp_path, splits={"train": 2, "val": 2}, shard_size=2)
+    manifest = json.loads((ddir / "manifest.json").read_text())
+    manifest["splits"]["val"]["shards"][0] = entry
+    (ddir / "manifest.json").write_text(json.dumps(manifest))
+    r = CliRunner().invoke(app, ["verify", str(ddir), "--no-progress"])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit) and "manifest.json" in r.output, r.output
+    with pytest.raises(DataError, match="manifest.json"):
+        make_loader(ddir, "val", size=32, batch_size=2, train=False, workers=0)
+    if not (isinstance(entry, dict) and "name" in entry and ".." not in entry["name"]):
+        r = CliRunner().invoke(app, ["show", str(ddir), "--split", "val", "-o", str(tmp_path / "g.png")])
+        assert r.exit_code == 2 and isinstance(r.exception, SystemExit) and "manifest.json" in r.output, r.output
