@@ -322,6 +322,10 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
     step, best = 0, -1.0
     if resume:
         state = ck.load_checkpoint(last_path, map_location=device)
+        missing = [k for k in ("optimizer", "step", "best_val_iou", "rng") if k not in state]
+        if missing:
+            raise CheckpointError(f"--resume: {last_path} lacks {', '.join(missing)} (a training checkpoint holds "
+                                  "them); start a new run with --init-from it instead")
         if state["vocab_sha256"] != vocab_sha:
             raise CheckpointError(f"--resume: {last_path} was trained on another vocabulary "
                                   f"than {shards}/vocab.json")

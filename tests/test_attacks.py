@@ -1007,3 +1007,56 @@ def test_malformed_manifest_entries_are_one_line_in_verify_show_and_stream(tmp_p
     if not (isinstance(entry, dict) and "name" in entry and ".." not in entry["name"]):
         r = CliRunner().invoke(app, ["show", str(ddir), "--split", "val", "-o", str(tmp_path / "g.png")])
         assert r.exit_code == 2 and isinstance(r.exception, SystemExit) and "manifest.json" in r.output, r.output
+
+
+# ---- item 9: checkpoints -------------------------------------------------------------------------
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+@pytest.mark.parametrize("payload,expected", [
+    ({"format": "dmn-checkpoint/1", "model": _RunsCode()}, r"was refused and not loaded: it refers to print, .*not trusted"),
+    ({"format": "dmn-checkpoint/1", "model": {}}, r"lacks model_config, vocab_sha256, vocab_size, which every dmn checkpoint "
+                                                  r"holds; it is incomplete or was not written by dmn-train, and was not used"),
+])
+def test_refused_checkpoints_say_what_and_why_in_one_whole_line(tmp_path, payload, expected, capsys):
+    """Issue 15 item 9: the refusal was cut mid-sentence and read like advice to turn weights_only off."""
+    import torch
+    from typer.testing import CliRunner
+
+    from dmn_train.cli_eval import app
+
+    path = tmp_path / "model.pt"
+    torch.save(payload, path)
+    r = CliRunner().invoke(app, ["--split", "val", "--checkpoint", str(path), "--workers", "0", "--no-progress"])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), r.output
+    line = " ".join(r.output.split())
+    import re
+
+    assert re.search(expected, line), line
+    assert "weights_only` set to `False" not in line and "two options" not in line and "pwned" not in r.output
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_resume_from_a_checkpoint_without_optimizer_state_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    import torch
+
+    from dmn_train.cli_train import app
+    from shardgen import write_dataset
+
+    ddir = write_dataset(tmp_path / "shards", splits={"train": 4, "val": 2}, shard_size=2)
+    run = tmp_path / "run"
+    args = ["--shards", str(ddir), "--preset", "tiny", "--size", "32", "--steps", "1", "--workers", "0",
+            "--no-progress", "--no-val", "--out", str(run)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    state = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    del state["optimizer"], state["rng"]
+    torch.save(state, run / "checkpoints/last.pt")
+    r = CliRunner().invoke(app, [*args[:-2], "--steps", "2", "--resume", "--out", str(run)])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), r.output
+    assert "lacks optimizer, rng" in " ".join(r.output.split()), r.output
