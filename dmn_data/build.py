@@ -5,6 +5,8 @@ one :class:`~dmn_data.writer.ShardTask` per ``--shard-size`` images (in image-id
 ``--workers`` processes writes the shards → manifest. Every finished shard leaves a marker in
 ``.build/``; a rerun of the same command skips finished shards, so a killed build resumes and ends
 byte-identical to an uninterrupted one. ``.build/`` is removed once the manifest is written.
+``--overwrite`` builds into a hidden sibling and swaps it in only once it is complete; a flock on
+``<out>/.<dataset>.lock`` keeps a second build out of the same folder.
 """
 
 from __future__ import annotations
