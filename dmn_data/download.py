@@ -132,6 +132,7 @@ def download(
     # Absolute from here on: a relative folder handed to a library that joins it onto another
     # folder (pooch did, for its extract dir) lands somewhere else and is never cleaned up.
     root = Path(cfg.data_root).absolute()
+    _remove_misplaced_extracts(Path(cfg.data_root), log)
     names = list(dict.fromkeys(n for d in cfg.datasets for n in sources.DATASET_ARCHIVES[d]))
     for name in names:
         fetch_archive(table[name], root, cfg, progress=progress, log=log)
@@ -298,6 +299,27 @@ def _check_total(path: Path, dest: Path, total: int, max_expansion: float) -> No
     if total > free:
         raise DataError(f"{path}: unpacks to {total / 1e9:.1f} GB, only {free / 1e9:.1f} GB are free in {dest}; "
                         "free some space or choose another --data-root")
+
+
+def _remove_misplaced_extracts(data_root: Path, log: Callable[[str], None]) -> None:
+    """Earlier versions extracted a relative ``--data-root`` (the default ``data``) into
+    ``<root>/downloads/<root>/downloads/.extract-*`` and never removed it: a full copy of the
+    archive per attempt (13.5 GB for COCO train2014). Remove those folders."""
+    if data_root.is_absolute():
+        return
+    nested = data_root / DOWNLOADS / data_root / DOWNLOADS
+    stale = sorted(nested.glob(".extract-*")) if nested.is_dir() else []
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    if stale:
+        log(f"removed {len(stale)} leftover extraction folder(s) of an earlier version from {nested}")
+        for folder in (nested, *nested.parents):  # the now empty chain up to <root>/downloads
+            if folder == data_root / DOWNLOADS:
+                break
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def _check_space(archive: Archive, folder: Path, part: Path) -> None:

@@ -447,8 +447,12 @@ def test_download_with_the_default_relative_data_root(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     _placed_archives(Path("data"), monkeypatch)
+    leftover = tmp_path / "data/downloads/data/downloads/.extract-train2014.zip-x1y2/train2014"
+    leftover.mkdir(parents=True)  # what an earlier version left behind, one full copy per attempt
+    (leftover / "a.jpg").write_bytes(b"x" * 1000)
     r = CliRunner().invoke(app, ["download", "--dataset", "unc", "--no-progress"])
     assert r.exit_code == 0, r.output
+    assert "removed 1 leftover extraction folder(s)" in r.output and not (tmp_path / "data/downloads/data").exists()
     assert "next: dmn-data build --dataset unc --data-root data" in r.output
     assert (tmp_path / "data/refcoco/refs(unc).p").is_file()
     assert len(list((tmp_path / "data/images/mscoco/images/train2014").glob("*.jpg"))) == 4
