@@ -298,6 +298,12 @@ class Loader:
                 yield batch
                 if self.train and n == self.num_batches:
                     break
+        except RuntimeError as err:
+            if "DataLoader worker" not in str(err):
+                raise
+            # torch's message for a worker killed by a signal (kill -9, the OOM killer)
+            raise DataError(f"a data-loading worker process died ({str(err).splitlines()[0][:120]}); free memory or "
+                            "lower --workers, then rerun (dmn-train: add --resume)") from None
         finally:
             del batches  # shuts the workers down now, not at garbage collection
 

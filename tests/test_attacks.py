@@ -526,9 +526,12 @@ def _rewrite_samples(ddir: Path, split: str, change, *, fix_counts: bool = True)
             for m, data in members:
                 if m.name.endswith(".json"):
                     meta = change(json.loads(data))
-                    refs += len(meta["refs"])
-                    sentences += sum(len(r["sentences"]) for r in meta["refs"])
-                    data = json.dumps(meta).encode()
+                    if isinstance(meta, bytes):  # raw JSON text, as is
+                        data = meta
+                    else:
+                        refs += len(meta["refs"])
+                        sentences += sum(len(r["sentences"]) for r in meta["refs"])
+                        data = json.dumps(meta).encode()
                     m.size = len(data)
                 tar.addfile(m, io.BytesIO(data))
         path.write_bytes(buf.getvalue())
@@ -1045,22 +1048,57 @@ def test_refused_checkpoints_say_what_and_why_in_one_whole_line(tmp_path, payloa
 
 
 def test_resume_from_a_checkpoint_without_optimizer_state_is_one_line(tmp_path):
+    import dataclasses
+
     from typer.testing import CliRunner
 
-    import torch
-
+    from dmn_model.config import preset
     from dmn_train.cli_train import app
+    from dmn_train.train import train_config
     from shardgen import write_dataset
 
     ddir = write_dataset(tmp_path / "shards", splits={"train": 4, "val": 2}, shard_size=2)
     run = tmp_path / "run"
-    args = ["--shards", str(ddir), "--preset", "tiny", "--size", "32", "--steps", "1", "--workers", "0",
-            "--no-progress", "--no-val", "--out", str(run)]
-    r = CliRunner().invoke(app, args)
-    assert r.exit_code == 0, r.output
-    state = torch.load(run / "checkpoints/last.pt", weights_only=True)
-    del state["optimizer"], state["rng"]
-    torch.save(state, run / "checkpoints/last.pt")
-    r = CliRunner().invoke(app, [*args[:-2], "--steps", "2", "--resume", "--out", str(run)])
+    cfg = train_config("tiny", str(ddir), size=32, steps=1, workers=0, progress=False, out=str(run))
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(preset("tiny"))}))
+    _tiny_checkpoint(ddir, run / "checkpoints/last.pt")  # weights only: no optimizer, step or RNG state
+    r = CliRunner().invoke(app, ["--resume", "--out", str(run), "--steps", "2"])
     assert r.exit_code == 2 and isinstance(r.exception, SystemExit), r.output
-    assert "lacks optimizer, rng" in " ".join(r.output.split()), r.output
+    assert "lacks optimizer, step, best_val_iou, rng" in " ".join(r.output.split()), r.output
+
+
+def test_killed_dataloader_worker_is_one_line(tmp_path, monkeypatch):
+    """Issue 15 item 9: a DataLoader worker killed (OOM killer) gave torch's RuntimeError traceback."""
+    import os
+    import signal
+    import sys
+
+    from dmn_data.stream import make_loader
+    from shardgen import write_dataset
+
+    ddir = write_dataset(tmp_path, splits={"train": 2, "val": 4}, shard_size=2)
+    stream = sys.modules["dmn_data.stream"]
+    real = stream.make_example
+
+    def killed(item, *args):
+        if item["image_id"] == 4:  # the second shard's worker
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(item, *args)
+
+    monkeypatch.setattr(stream, "make_example", killed)
+    with _Deadline(120), pytest.raises(DataError, match="data-loading worker process died"):
+        list(make_loader(ddir, "val", size=32, batch_size=2, train=False, workers=2))
+
+
+def test_deeply_nested_sample_json_is_one_line_in_stream_and_verify(tmp_path):
+    """Issue 15 item 9: a sample JSON nested 100,000 deep raised RecursionError."""
+    from dmn_data.inspect import verify
+    from dmn_data.stream import make_loader
+    from shardgen import write_dataset
+
+    ddir = write_dataset(tmp_path, splits={"train": 2, "val": 2}, shard_size=2)
+    _rewrite_samples(ddir, "val", lambda meta: b"[" * 100_000 + b"]" * 100_000, fix_counts=False)
+    with pytest.raises(DataError, match="bad annotation"):
+        list(make_loader(ddir, "val", size=32, batch_size=2, train=False, workers=0))
+    assert any("bad JSON (RecursionError" in p for p in verify(ddir, progress=False))
