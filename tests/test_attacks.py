@@ -1102,3 +1102,21 @@ def test_deeply_nested_sample_json_is_one_line_in_stream_and_verify(tmp_path):
     with pytest.raises(DataError, match="bad annotation"):
         list(make_loader(ddir, "val", size=32, batch_size=2, train=False, workers=0))
     assert any("bad JSON (RecursionError" in p for p in verify(ddir, progress=False))
+
+
+@pytest.mark.parametrize("value", [{"a": [[0, 1]], "b": 1}, "a string", [[0.0, 1.0], "x"], [[1j, 0]]],
+                         ids=["struct", "string", "cell", "complex"])
+def test_referit_mat_whose_segimg_t_is_not_a_numeric_array_is_counted(tmp_path, value):
+    """Issue 15 item 9: a ReferIt .mat whose segimg_t is a struct (or a cell) gave a traceback."""
+    import numpy as np
+    import scipy.io
+
+    from dmn_data.errors import SkipItem
+    from dmn_data.referit import load_mat_mask
+
+    if isinstance(value, list) and any(isinstance(v, str) for v in value):
+        value = np.array([np.zeros((2, 2)), "x"], dtype=object)
+    scipy.io.savemat(tmp_path / "m.mat", {"segimg_t": value})
+    with pytest.raises(SkipItem) as err:
+        load_mat_mask(tmp_path / "m.mat")
+    assert err.value.reason == "corrupt_mask"
