@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -51,6 +52,13 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except DataError as err:
             raise _fail(str(err)) from None
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # a full disk: what was finished is kept (shards are renamed into place when complete)
+            where = f" while writing {err.filename}" if err.filename else ""
+            raise _fail(f"no space left on the device{where}; free some space and run the same command again "
+                        "(finished work is kept)") from None
         except KeyboardInterrupt:
             raise _fail("interrupted; rerun the same command to resume", 130) from None
 

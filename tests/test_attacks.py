@@ -1120,3 +1120,31 @@ def test_referit_mat_whose_segimg_t_is_not_a_numeric_array_is_counted(tmp_path, 
     with pytest.raises(SkipItem) as err:
         load_mat_mask(tmp_path / "m.mat")
     assert err.value.reason == "corrupt_mask"
+
+
+def test_full_disk_during_build_is_one_line_and_resumes(tmp_path, monkeypatch):
+    """Issue 15 item 9: a full disk during the build gave a traceback (nothing was lost)."""
+    import errno
+    import sys
+
+    from typer.testing import CliRunner
+
+    from dmn_data.cli import app
+
+    writer = sys.modules["dmn_data.build"]
+    real = writer.write_shard
+
+    def full(task):
+        if task.path.endswith("train-000001.tar"):
+            raise OSError(errno.ENOSPC, "No space left on device", task.path + ".tmp")
+        return real(task)
+
+    monkeypatch.setattr(writer, "write_shard", full)
+    args = ["build", "--out", str(tmp_path / "out"), "--toy-train", "4", "--toy-val", "1", "--toy-test", "1",
+            "--toy-size", "64", "--shard-size", "2", "--workers", "1", "--no-progress"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), r.output
+    assert "no space left on the device while writing" in " ".join(r.output.split()), r.output
+    monkeypatch.setattr(writer, "write_shard", real)
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
