@@ -11,17 +11,17 @@ byte-identical to an uninterrupted one. ``.build/`` is removed once the manifest
 
 from __future__ import annotations
 
-import hashlib
 import fcntl
+import hashlib
 import json
 import multiprocessing
 import os
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 

@@ -146,13 +146,14 @@ def _refused(path: Path, message: str) -> str:
     refused, and that such a file is not to be trusted."""
     found = re.search(r"GLOBAL ([\w.]+)", message)
     if found:
-        what = f"it refers to {found.group(1)}, which a dmn checkpoint (tensors and plain containers) never does"
-    else:  # the line that names the problem, not torch's advice around it
-        lines = [ln.strip() for ln in message.splitlines() if ln.strip() and "weights_only" not in ln
-                 and not ln.startswith("Check the documentation")]
-        what = (lines[0].removeprefix("WeightsUnpickler error: ") if lines else "a malformed pickle")[:150]
-    return (f"checkpoint {path} was refused and not loaded: {what}; the file is not trusted "
-            "(loading it without weights_only could run code from it)")
+        return (f"checkpoint {path} was refused and not loaded: it refers to {found.group(1)}, which a dmn checkpoint "
+                "(tensors and plain containers) never does; the file is not trusted (loading it without "
+                "weights_only could run code from it)")
+    # not a dangerous reference but a damaged file: the line that names the problem, not the advice
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip() and "weights_only" not in ln
+             and not ln.startswith("Check the documentation")]
+    problem = lines[0].removeprefix("WeightsUnpickler error: ") if lines else "not a pickle torch can read"
+    return f"checkpoint {path} is unreadable or corrupt ({problem[:150]}); it was not loaded"
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, Any], source: str | Path) -> None:
