@@ -41,17 +41,26 @@ def load_plain_pickle(path: Path, report: TextReport | None = None) -> Any:
     one stray byte does not turn every "café" of the file into "cafÃ©"."""
     report = report if report is not None else TextReport()
     try:
-        # encoding="bytes": Python-2 str arrive as bytes, decoded one by one below
-        obj = _PlainUnpickler(io.BytesIO(Path(path).read_bytes()), encoding="bytes").load()
+        data = Path(path).read_bytes()
     except OSError as err:
         raise DataError(f"{path}: unreadable ({err.strerror})") from None
-    except Exception as err:  # noqa: BLE001 - any opcode misuse (BUILD on a dict, APPEND on a str, ...)
-        # nothing can have run (find_class refuses every global), so any error means a malformed file
-        raise DataError(f"{path}: not a readable refs pickle ({type(err).__name__}: {str(err)[:150]})") from None
-    try:
-        return _decode(obj, report)
-    except RecursionError:
-        raise DataError(f"{path}: not a readable refs pickle (nested too deeply)") from None
+    # Fast path (the C unpickler decodes every string as UTF-8); only a file with a string that is
+    # not UTF-8 pays for the walk that decodes string by string.
+    for encoding in ("utf-8", "bytes"):
+        try:
+            obj = _PlainUnpickler(io.BytesIO(data), encoding=encoding).load()
+        except UnicodeDecodeError:
+            continue
+        except Exception as err:  # noqa: BLE001 - any opcode misuse (BUILD on a dict, APPEND on a str, ...)
+            # nothing can have run (find_class refuses every global), so any error means a malformed file
+            raise DataError(f"{path}: not a readable refs pickle ({type(err).__name__}: {str(err)[:150]})") from None
+        if encoding == "utf-8":
+            return obj
+        try:
+            return _decode(obj, report)
+        except RecursionError:
+            raise DataError(f"{path}: not a readable refs pickle (nested too deeply)") from None
+    raise AssertionError("encoding='bytes' decodes no string")
 
 
 def _decode(obj: Any, report: TextReport) -> Any:

@@ -777,7 +777,8 @@ _BAD_PICKLES = {
     "appends_on_str": b"\x80\x02U\x01a(K\x01e.",
     "setitem_on_list": b"\x80\x02]K\x01K\x02s.",
     "huge_length": b"\x80\x02T\xff\xff\xff\x7f",
-    "deep_nesting": b"\x80\x02" + b"]" * 200_000 + b"a" * 199_999 + b".",
+    # a non-UTF-8 string at the bottom: the string-by-string walk must not blow the stack
+    "deep_nesting": b"\x80\x02" + b"]" * 200_000 + b"U\x01\xe9" + b"a" * 200_000 + b".",
     "global": b"\x80\x02cos\nsystem\nq\x00.",
 }
 
