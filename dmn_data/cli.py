@@ -79,7 +79,7 @@ def build_cmd(
     min_count: Annotated[int, typer.Option(help="Keep tokens seen at least this often in train.")] = 1,
     vocab: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="External vocabulary, one token per line (e.g. vocabulary_Gref.txt).")] = None,
     strict: Annotated[bool, typer.Option(help="Stop at the first unusable input instead of skipping and counting it.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing build made with other options.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing build made with other options, once the new one has succeeded (a folder that is not a build is never replaced).")] = False,
     seed: Annotated[int, typer.Option(help="toy: random seed.")] = 0,
     toy_train: Annotated[int, typer.Option(help="toy: train images.")] = 4000,
     toy_val: Annotated[int, typer.Option(help="toy: val images.")] = 300,
