@@ -5,16 +5,23 @@ one :class:`~dmn_data.writer.ShardTask` per ``--shard-size`` images (in image-id
 ``--workers`` processes writes the shards → manifest. Every finished shard leaves a marker in
 ``.build/``; a rerun of the same command skips finished shards, so a killed build resumes and ends
 byte-identical to an uninterrupted one. ``.build/`` is removed once the manifest is written.
+``--overwrite`` builds into a hidden sibling and swaps it in only once it is complete; a flock on
+``<out>/.<dataset>.lock`` keeps a second build out of the same folder.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import multiprocessing
+import os
 import shutil
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -136,28 +143,97 @@ def _fingerprint(options: dict, vocab_sha: str) -> str:
     return hashlib.sha256(json.dumps([FORMAT, options, vocab_sha], sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _prepare_dir(cfg: BuildConfig, ddir: Path, fingerprint: str) -> dict | None:
-    """Check what ``ddir`` holds. Returns the manifest when the same build is already complete;
-    keeps the markers of an interrupted build with the same options (resume)."""
-    if (Path(cfg.out) / MANIFEST).is_file():
-        raise DataError(f"--out {cfg.out} is itself a built dataset; pass its parent folder (--out {Path(cfg.out).parent})")
-    state = ddir / STATE_DIR / "state.json"
-    if cfg.overwrite and ddir.exists():
-        shutil.rmtree(ddir)
-    elif (ddir / MANIFEST).is_file():
-        manifest = read_manifest(ddir)
-        if manifest.get("fingerprint") == fingerprint:
-            return manifest
-        raise DataError(f"{ddir} holds a build of {manifest.get('dataset')} with other options; pass --overwrite to replace it, or choose another --out")
-    elif state.is_file():
-        if json.loads(state.read_text()).get("fingerprint") != fingerprint:
-            raise DataError(f"{ddir} holds an unfinished build with other options; pass --overwrite to replace it, or rerun it with its own options")
-    elif ddir.is_dir() and any(ddir.iterdir()):
-        raise DataError(f"{ddir} exists and is not a dmn-data build; pass --overwrite to replace it, or choose another --out")
-    ddir.mkdir(parents=True, exist_ok=True)
-    (ddir / STATE_DIR).mkdir(exist_ok=True)
-    write_json_atomic(state, {"fingerprint": fingerprint})
-    return None
+def _state(folder: Path) -> str:
+    """What ``folder`` holds: absent, empty, complete (a manifest), unfinished (build state) or
+    foreign (anything else: never deleted)."""
+    if not folder.exists():
+        return "absent"
+    if not folder.is_dir():
+        return "foreign"
+    if (folder / MANIFEST).is_file():
+        return "complete"
+    if (folder / STATE_DIR / "state.json").is_file():
+        return "unfinished"
+    return "foreign" if any(folder.iterdir()) else "empty"
+
+
+def _fingerprint_of(folder: Path, kind: str) -> str | None:
+    try:
+        if kind == "complete":
+            return read_manifest(folder).get("fingerprint")
+        return json.loads((folder / STATE_DIR / "state.json").read_text()).get("fingerprint")
+    except (DataError, OSError, ValueError, AttributeError):
+        return None
+
+
+def _prepare_dir(cfg: BuildConfig, ddir: Path, fingerprint: str) -> tuple[dict | None, Path]:
+    """Check what ``ddir`` holds; return (the manifest when the same build is already complete,
+    the folder to build in). An interrupted build with the same options resumes in place. With
+    ``--overwrite`` a build with other options is replaced only once the new one is complete:
+    the new one is written to a hidden sibling (see :func:`_swap_in`). A folder that is not a
+    dmn-data build is never replaced."""
+    staging = _staging(ddir)
+    kind = _state(ddir)
+    if kind == "foreign":
+        raise DataError(f"{ddir} exists and is not a dmn-data build; it is left as it is: move it away or choose another --out")
+    same = _fingerprint_of(ddir, kind) == fingerprint
+    if kind == "complete" and same:
+        return read_manifest(ddir), ddir
+    if kind in ("complete", "unfinished") and not same:
+        if not cfg.overwrite:
+            what = "a build of " + str(read_manifest(ddir).get("dataset")) if kind == "complete" else "an unfinished build"
+            raise DataError(f"{ddir} holds {what} with other options; pass --overwrite to replace it (once the new "
+                            "build has succeeded), or choose another --out")
+        work = staging
+    else:
+        work = ddir
+    if work == staging:
+        skind = _state(staging)
+        if skind == "foreign":
+            raise DataError(f"{staging} (where --overwrite builds before replacing {ddir}) holds other files; move it away")
+        if skind == "complete" and _fingerprint_of(staging, skind) == fingerprint:
+            return read_manifest(staging), staging  # killed between building and swapping
+        if skind in ("complete", "unfinished") and _fingerprint_of(staging, skind) != fingerprint:
+            shutil.rmtree(staging)  # an earlier --overwrite attempt with other options
+    work.mkdir(parents=True, exist_ok=True)
+    (work / STATE_DIR).mkdir(exist_ok=True)
+    write_json_atomic(work / STATE_DIR / "state.json", {"fingerprint": fingerprint})
+    return None, work
+
+
+def _staging(ddir: Path) -> Path:
+    return ddir.with_name(f".{ddir.name}.overwrite")
+
+
+def _swap_in(work: Path, ddir: Path) -> None:
+    """Replace the old build ``ddir`` with the finished ``work`` (two renames; the old build is
+    deleted last, so a failure before this point leaves it untouched)."""
+    if work == ddir:
+        return
+    old = ddir.with_name(f".{ddir.name}.replaced")
+    if _state(old) in ("complete", "unfinished", "empty"):
+        shutil.rmtree(old)
+    if _state(ddir) in ("complete", "unfinished", "empty"):
+        os.replace(ddir, old)
+    os.replace(work, ddir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def _build_lock(out: Path, ddir: Path) -> Iterator[None]:
+    """Hold ``<out>/.<dataset>.lock`` (flock) for the whole build: a second build into the same
+    folder fails at once instead of interleaving shard files with the first."""
+    path = out / f".{ddir.name}.lock"
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DataError(f"another dmn-data build is writing {ddir} (it holds {path}); wait for it to finish, "
+                            "or choose another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _done_path(ddir: Path, split: str, name: str) -> Path:
@@ -180,11 +256,30 @@ def build(cfg: BuildConfig, *, progress: bool = True, log: Callable[[str], None]
     vocab_sha = hashlib.sha256(vbytes).hexdigest()
     options = _options(cfg, splits)
     fingerprint = _fingerprint(options, vocab_sha)
-    ddir = dataset_dir(cfg.out, cfg.dataset)
-    done = _prepare_dir(cfg, ddir, fingerprint)
-    if done is not None:
-        log(f"{ddir} is up to date (same dataset and options); nothing to do")
-        return done
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file; pass a folder (the shards go to <out>/<dataset>/)")
+    if (out / MANIFEST).is_file():
+        raise DataError(f"--out {out} is itself a built dataset; pass its parent folder (--out {out.parent})")
+    ddir = dataset_dir(out, cfg.dataset)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"--out {out}: cannot create it ({err.strerror})") from None
+    with _build_lock(out, ddir):
+        done, work = _prepare_dir(cfg, ddir, fingerprint)
+        if done is None:
+            manifest = _build_in(cfg, work, source, splits, vocab, vbytes, vocab_sha, options, fingerprint, progress)
+        else:
+            manifest = done
+            if work == ddir:
+                log(f"{ddir} is up to date (same dataset and options); nothing to do")
+        _swap_in(work, ddir)
+    return manifest
+
+
+def _build_in(cfg, ddir, source, splits, vocab, vbytes, vocab_sha, options, fingerprint, progress) -> dict:
+    """Write the shards and the manifest into ``ddir`` (the final folder or its staging sibling)."""
     (ddir / VOCAB).write_bytes(vbytes)
 
     index = {tok: i for i, tok in enumerate(vocab)}
@@ -233,22 +328,43 @@ def _write_all(ddir: Path, tasks: dict[str, list[ShardTask]], workers: int, prog
         left = sum(len(t.items) for s, t in _TASKS if s == split)
         bars[split] = tqdm(total=total, initial=total - left, desc=f"{split:>6}", unit="img", position=pos,
                            disable=not progress, dynamic_ncols=True)
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 and len(order) > 1 else None
+    # concurrent.futures, not multiprocessing.Pool: a Pool replaces a worker killed by the OOM
+    # killer or kill -9 and waits forever for its task; the executor fails the pending futures
+    # with BrokenProcessPool instead
+    pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            if workers > 1 and len(order) > 1 else None)
     try:
-        results = pool.imap_unordered(_write_indexed, order) if pool is not None else map(_write_indexed, order)
+        if pool is not None:
+            results = (f.result() for f in as_completed([pool.submit(_write_indexed, i) for i in order]))
+        else:
+            results = map(_write_indexed, order)
         for i, stats in results:
             split, task = _TASKS[i]
             write_json_atomic(_done_path(ddir, split, stats.name), _stats_to_json(stats))
             bars[split].update(len(task.items))
     except SkipItem as err:
         raise DataError(f"--strict: {err.reason}: {err.detail}") from None
+    except BrokenProcessPool:
+        raise DataError(f"a shard-writing process died (killed, or out of memory?); the finished shards are kept: "
+                        f"rerun the same command to resume (fewer --workers than {workers} need less memory)") from None
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            _stop(pool)
         for bar in bars.values():
             bar.close()
         _TASKS = []
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Stop the workers now: after an error or Ctrl-C the queued shards are not wanted, and a
+    shard being written is left as a .tmp file that the rerun writes again."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    for p in processes:
+        p.join()
 
 
 def _stats_to_json(s: ShardStats) -> dict:
@@ -278,4 +394,5 @@ def _manifest(cfg, ddir, source, splits, tasks, options, fingerprint, vocab_size
     return {"format": FORMAT, "dataset": cfg.dataset, "source": source.description, "options": options,
             "fingerprint": fingerprint, "vocab": {"file": VOCAB, "size": vocab_size, "sha256": vocab_sha},
             "splits": out_splits, "totals": totals, "skipped": dict(sorted(skipped.items())),
-            "skipped_examples": {k: v for k, v in sorted(examples.items()) if k in skipped}}
+            "skipped_examples": {k: v for k, v in sorted(examples.items()) if k in skipped},
+            "latin1_strings": {"count": source.latin1_strings, "examples": source.latin1_examples}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -51,6 +52,13 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except DataError as err:
             raise _fail(str(err)) from None
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # a full disk: what was finished is kept (shards are renamed into place when complete)
+            where = f" while writing {err.filename}" if err.filename else ""
+            raise _fail(f"no space left on the device{where}; free some space and run the same command again "
+                        "(finished work is kept)") from None
         except KeyboardInterrupt:
             raise _fail("interrupted; rerun the same command to resume", 130) from None
 
@@ -71,7 +79,7 @@ def build_cmd(
     min_count: Annotated[int, typer.Option(help="Keep tokens seen at least this often in train.")] = 1,
     vocab: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="External vocabulary, one token per line (e.g. vocabulary_Gref.txt).")] = None,
     strict: Annotated[bool, typer.Option(help="Stop at the first unusable input instead of skipping and counting it.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing build made with other options.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing build made with other options, once the new one has succeeded (a folder that is not a build is never replaced).")] = False,
     seed: Annotated[int, typer.Option(help="toy: random seed.")] = 0,
     toy_train: Annotated[int, typer.Option(help="toy: train images.")] = 4000,
     toy_val: Annotated[int, typer.Option(help="toy: val images.")] = 300,
@@ -98,6 +106,10 @@ def build_cmd(
         for reason, count in manifest["skipped"].items():
             example = (manifest["skipped_examples"].get(reason) or [""])[0]
             err_console.print(f"  {reason}: {count}  e.g. {example}", highlight=False)
+    latin1 = manifest.get("latin1_strings") or {}
+    if latin1.get("count"):
+        err_console.print(f"[yellow]text:[/yellow] {latin1['count']} string(s) of the raw files were not UTF-8 and were "
+                          f"read as latin-1 (counted in manifest.json), e.g. {', '.join(latin1['examples'])}", highlight=False)
     console.print(f"next: dmn-train --shards {ddir}", highlight=False)
 
 
@@ -117,6 +129,7 @@ def download_cmd(
     mirror: Annotated[Optional[str], typer.Option(help="Base URL tried first for every file (the file name is appended), e.g. a local mirror.")] = None,
     retries: Annotated[int, typer.Option(help="Extra attempts per location; an interrupted transfer resumes where it stopped.")] = 2,
     keep_archives: Annotated[bool, typer.Option(help="Keep the downloaded archives (in <data-root>/downloads/) after extraction.")] = False,
+    max_expansion: Annotated[float, typer.Option(help="Refuse an archive that unpacks to more than this many times its size.")] = 100.0,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Download a dataset's raw files (docs/datasets.md lists the sources) into --data-root.
@@ -127,7 +140,7 @@ def download_cmd(
 
     pooch.get_logger().setLevel("WARNING")  # the lines below say what is fetched from where
     cfg = DownloadConfig(datasets=tuple(d.value for d in dataset), data_root=data_root, mirror=mirror,
-                         retries=retries, keep_archives=keep_archives)
+                         retries=retries, keep_archives=keep_archives, max_expansion=max_expansion)
     commands = download(cfg, progress=progress, log=lambda m: err_console.print(m, highlight=False, markup=False, soft_wrap=True))
     for command in commands:
         console.print(f"next: {command}", highlight=False, markup=False, soft_wrap=True)

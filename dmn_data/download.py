@@ -4,7 +4,8 @@ For each archive the dataset needs (sources.py; shared ones such as COCO train20
 skip it when its target folder is already there → otherwise try ``--mirror`` then every known
 location in turn: pooch fetches into ``<data-root>/downloads/`` with :class:`ResumingDownloader`
 (continues a ``.part`` file left by an interrupted run) and checks the checksum; the size is checked
-too → extract into a temporary folder inside ``downloads/`` → rename the archive's folder into place
+too → check every member's name and the total uncompressed size from the archive's headers
+(:func:`extract_checked`) → extract into a temporary folder inside ``downloads/`` → rename the archive's folder into place
 (one rename: a target folder is either complete or absent) → write ``downloads/<name>.json``
 (the marker: where it came from, its size and SHA-256) → delete the archive unless asked to keep it.
 When every location fails, the error names the file, each location and its error, and the manual step.
@@ -17,6 +18,8 @@ import json
 import os
 import re
 import shutil
+import stat
+import tarfile
 import tempfile
 import time
 import urllib.parse
@@ -36,6 +39,9 @@ from .sources import PLACE_BY_HAND, Archive
 
 DOWNLOADS = "downloads"
 CHUNK = 1 << 16  # an interrupted read loses at most this much of what it received
+#: The most an archive may expand (uncompressed / compressed size). JPEG archives barely compress
+#: and the REFER annotation zips expand about 10×; a zip bomb expands 1000× and more.
+MAX_EXPANSION = 100.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class DownloadConfig:
     retries: int = 2  # extra attempts per location; an interrupted transfer resumes where it stopped
     keep_archives: bool = False  # keep downloads/<archive> after extraction
     timeout: float = 60.0  # seconds to connect, and between two received chunks
+    max_expansion: float = MAX_EXPANSION  # refuse an archive that unpacks to more than this × its size
 
 
 class ResumingDownloader:
@@ -118,13 +125,18 @@ def download(
         raise DataError(f"--dataset {', '.join(unknown) or '(none)'}: choose from {', '.join(sources.DATASET_ARCHIVES)}")
     if cfg.retries < 0:
         raise DataError(f"--retries must be >= 0, got {cfg.retries}")
-    root = Path(cfg.data_root)
-    if root.exists() and not root.is_dir():
-        raise DataError(f"--data-root {root} is not a directory")
+    if not cfg.max_expansion >= 1:
+        raise DataError(f"--max-expansion must be >= 1, got {cfg.max_expansion}")
+    if Path(cfg.data_root).exists() and not Path(cfg.data_root).is_dir():
+        raise DataError(f"--data-root {cfg.data_root} is not a directory")
+    # Absolute from here on: a relative folder handed to a library that joins it onto another
+    # folder (pooch did, for its extract dir) lands somewhere else and is never cleaned up.
+    root = Path(cfg.data_root).absolute()
+    _remove_misplaced_extracts(Path(cfg.data_root), log)
     names = list(dict.fromkeys(n for d in cfg.datasets for n in sources.DATASET_ARCHIVES[d]))
     for name in names:
         fetch_archive(table[name], root, cfg, progress=progress, log=log)
-    return [f"dmn-data build --dataset {d} --data-root {root}" for d in cfg.datasets]
+    return [f"dmn-data build --dataset {d} --data-root {cfg.data_root}" for d in cfg.datasets]
 
 
 def fetch_archive(archive: Archive, root: Path, cfg: DownloadConfig, *, progress: bool, log: Callable[[str], None]) -> None:
@@ -141,7 +153,7 @@ def fetch_archive(archive: Archive, root: Path, cfg: DownloadConfig, *, progress
         log(f"{archive.name}: {path} has {path.stat().st_size} bytes, expected {archive.size}; fetching it again")
         path.unlink()
     url = _retrieve(archive, path, cfg, progress=progress, log=log)
-    _extract(archive, path, root, log=log)
+    _extract(archive, path, root, max_expansion=cfg.max_expansion, log=log)
     sha256 = archive.known_hash.split(":")[-1] if archive.known_hash else _sha256(path)  # pooch checked it
     marker.write_text(json.dumps({"file": archive.name, "url": url or str(path), "size": path.stat().st_size,
                                   "sha256": sha256, "target": archive.target}, indent=1) + "\n")
@@ -192,8 +204,9 @@ def _retrieve(archive: Archive, path: Path, cfg: DownloadConfig, *, progress: bo
     )
 
 
-def _extract(archive: Archive, path: Path, root: Path, *, log: Callable[[str], None]) -> None:
-    """Unzip into a temporary folder inside ``downloads/``, then rename the member folder into place."""
+def _extract(archive: Archive, path: Path, root: Path, *, max_expansion: float, log: Callable[[str], None]) -> None:
+    """Extract into a temporary folder inside ``downloads/`` (every member checked first, see
+    :func:`extract_checked`), then rename the member folder into place."""
     downloads = path.parent
     for stale in downloads.glob(f".extract-{archive.name}-*"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
@@ -201,8 +214,8 @@ def _extract(archive: Archive, path: Path, root: Path, *, log: Callable[[str], N
     try:
         log(f"{archive.name}: extracting")
         try:
-            pooch.Unzip(extract_dir=str(tmp))(str(path), "download", None)
-        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:  # a damaged archive
+            extract_checked(path, tmp, max_expansion=max_expansion)
+        except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, NotImplementedError) as err:  # a damaged archive
             path.unlink(missing_ok=True)  # must be fetched again, not reused
             raise DataError(f"{archive.name}: cannot extract {path} ({_short(err)}); it was deleted, run the same command again") from None
         except OSError as err:  # e.g. a full disk: the archive is fine and kept
@@ -217,6 +230,96 @@ def _extract(archive: Archive, path: Path, root: Path, *, log: Callable[[str], N
         os.replace(member, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _member_problem(name: str) -> str | None:
+    """Why an archive member's name may not be extracted (None: it may)."""
+    if not name or "\x00" in name:
+        return "has an invalid name"
+    if name.startswith("/") or re.match(r"[A-Za-z]:", name):
+        return "is an absolute path"
+    if ".." in name.split("/"):
+        return "leaves the extraction folder ('..')"
+    return None
+
+
+def extract_checked(path: Path, dest: Path, *, max_expansion: float = MAX_EXPANSION) -> int:
+    """Extract the zip or tar ``path`` into ``dest``; return the bytes written.
+
+    Every member is checked from the archive's headers before anything is written: no absolute
+    names, no ``..``, no links (symbolic or hard) and no devices or FIFOs, and the total
+    uncompressed size must stay within ``max_expansion`` × the archive's size and within the free
+    space of ``dest``. zipfile and tarfile never produce more bytes for a member than its header
+    states, so the header sum bounds what lands on disk (a zip bomb is refused unopened).
+
+    Raises:
+        DataError: a member or the total size is refused (the message names the member).
+        zipfile.BadZipFile, tarfile.TarError: not a readable archive.
+    """
+    path, dest = Path(path), Path(dest).absolute()
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+            for info in infos:
+                mode = info.external_attr >> 16
+                problem = _member_problem(info.filename)
+                if problem is None and stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
+                    problem = "is a link or a special file"
+                if problem:
+                    raise DataError(f"{path}: member {info.filename!r} {problem}; refusing to extract it")
+            total = sum(i.file_size for i in infos)
+            _check_total(path, dest, total, max_expansion)
+            for info in infos:
+                z.extract(info, dest)
+        return total
+    try:
+        tar = tarfile.open(path)
+    except tarfile.ReadError:
+        raise zipfile.BadZipFile("neither a zip nor a tar archive") from None
+    with tar:
+        members = tar.getmembers()
+        for m in members:
+            problem = _member_problem(m.name)
+            if problem is None and not (m.isfile() or m.isdir()):
+                problem = "is a link or a special file"
+            if problem:
+                raise DataError(f"{path}: member {m.name!r} {problem}; refusing to extract it")
+        total = sum(m.size for m in members if m.isfile())
+        _check_total(path, dest, total, max_expansion)
+        tar.extractall(dest, members=members, filter="data")  # the data filter checks names again
+    return total
+
+
+def _check_total(path: Path, dest: Path, total: int, max_expansion: float) -> None:
+    size = path.stat().st_size
+    if total > max_expansion * max(size, 1):
+        raise DataError(f"{path}: unpacks to {total / 1e6:.1f} MB, more than {max_expansion:g} × its "
+                        f"{size / 1e6:.1f} MB (a zip bomb?); refusing to extract it (--max-expansion raises the limit)")
+    free = shutil.disk_usage(dest).free
+    if total > free:
+        raise DataError(f"{path}: unpacks to {total / 1e9:.1f} GB, only {free / 1e9:.1f} GB are free in {dest}; "
+                        "free some space or choose another --data-root")
+
+
+def _remove_misplaced_extracts(data_root: Path, log: Callable[[str], None]) -> None:
+    """Earlier versions extracted a relative ``--data-root`` (the default ``data``) into
+    ``<root>/downloads/<root>/downloads/.extract-*`` and never removed it: a full copy of the
+    archive per attempt (13.5 GB for COCO train2014). Remove those folders."""
+    if data_root.is_absolute():
+        return
+    nested = data_root / DOWNLOADS / data_root / DOWNLOADS
+    stale = sorted(nested.glob(".extract-*")) if nested.is_dir() else []
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    if stale:
+        log(f"removed {len(stale)} leftover extraction folder(s) of an earlier version from {nested}")
+        for folder in (nested, *nested.parents):  # the now empty chain up to <root>/downloads
+            if folder == data_root / DOWNLOADS:
+                break
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def _check_space(archive: Archive, folder: Path, part: Path) -> None:

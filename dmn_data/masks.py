@@ -51,7 +51,10 @@ def _rle_parts(seg: object, h: int, w: int) -> list[dict]:
         counts = rle.get("counts")
         if size is None or counts is None:
             raise SkipItem("bad_rle", "RLE part without size/counts")
-        if [int(s) for s in size] != [h, w]:
+        if not (isinstance(size, (list, tuple)) and len(size) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
+            raise SkipItem("bad_rle", f"RLE size {str(size)[:40]!r} is not [height, width]")
+        if list(size) != [h, w]:
             raise SkipItem("mask_size_mismatch", f"RLE is {list(size)}, image is {[h, w]}")
         check_rle_counts(counts, h, w)
         if isinstance(counts, list):  # uncompressed RLE

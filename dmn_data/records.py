@@ -82,6 +82,9 @@ class Source:
     splits: dict[str, list[ImageItem]]
     skipped: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    # strings of the raw files that were not UTF-8 and were read as latin-1 (kept, not skipped)
+    latin1_strings: int = 0
+    latin1_examples: list[str] = field(default_factory=list)
 
     def skip(self, reason: str, detail: str) -> None:
         self.skipped[reason] += 1

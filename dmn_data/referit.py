@@ -51,8 +51,10 @@ def load_mat_mask(path: str | Path) -> np.ndarray:
     except Exception as err:  # scipy raises many types on a damaged file (ValueError, TypeError, zlib.error, ...)
         raise SkipItem("corrupt_mask", f"{path}: {type(err).__name__}: {err}") from None
     seg = mat.get(MASK_KEY)
-    if not isinstance(seg, np.ndarray) or seg.ndim != 2 or seg.size == 0:
-        raise SkipItem("corrupt_mask", f"{path}: no 2-D {MASK_KEY!r} array (keys: {sorted(mat)})")
+    if not isinstance(seg, np.ndarray) or seg.ndim != 2 or seg.size == 0 or seg.dtype.kind not in "biuf":
+        # a struct or cell array (dtype void/object) cannot be compared with 0
+        what = f"a {seg.dtype} array" if isinstance(seg, np.ndarray) else type(seg).__name__
+        raise SkipItem("corrupt_mask", f"{path}: {MASK_KEY!r} is not a 2-D numeric array ({what}; keys: {sorted(mat)})")
     return np.ascontiguousarray(seg == 0, dtype=np.uint8)
 
 

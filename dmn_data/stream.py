@@ -50,7 +50,6 @@ import io
 import json
 import math
 import random
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -65,6 +64,8 @@ from .errors import DataError
 from .keys import IMAGE_EXTS, MANIFEST, META_EXT
 from .manifest import read_manifest
 from .safety import inside
+from .tarsamples import iter_samples
+from .tokens import valid_token_ids
 from .transforms import Mirror, collate, make_example
 
 
@@ -149,18 +150,6 @@ class _ShardList(IterableDataset):
         yield from self.shards[self.rank::self.world_size][worker::workers]
 
 
-def _tar_files(stream: BinaryIO, url: str) -> Iterator[dict]:
-    """``{"fname", "data", "__url__"}`` per member, read in one pass. Unlike webdataset's expander,
-    which skips them silently, a member that is not a regular file is an error: ``dmn-data verify``
-    applies the same rule, so verify and training accept exactly the same shards."""
-    with tarfile.open(fileobj=stream, mode="r|*") as tar:
-        for member in tar:
-            if not member.isreg():
-                raise DataError(f"shard {url}: member {member.name!r} is not a regular file; rebuild it with dmn-data build")
-            yield {"fname": member.name, "data": tar.extractfile(member).read(), "__url__": url}
-            tar.members = []  # stream mode: do not keep every header in memory
-
-
 def _read_samples(shards: Iterator[_Shard]) -> Iterator[dict]:
     """``{"__key__", "__url__", "jpg"|"png": bytes, "json": bytes}``, one per image; a shard that
     cannot be read, or holds another number of images than the manifest says, is a DataError."""
@@ -169,8 +158,7 @@ def _read_samples(shards: Iterator[_Shard]) -> Iterator[dict]:
         stream = None
         try:
             stream = _open_shard(shard)
-            files = _tar_files(stream, shard.url)
-            for sample in wds.tariterators.group_by_keys(files):
+            for sample in iter_samples(stream, shard.url):  # the rules dmn-data verify applies too
                 count += 1
                 sample["__split__"] = shard.split
                 yield sample
@@ -179,6 +167,7 @@ def _read_samples(shards: Iterator[_Shard]) -> Iterator[dict]:
                                 "(truncated or replaced?); rebuild it with dmn-data build")
             if isinstance(stream, HashingReader):
                 stream.finish()
+            yield {"__end__": shard}  # lets _expand check the shard's sentence count
         except DataError:
             raise
         except Exception as err:  # tarfile, gzip, OS errors: the message gets the shard's name
@@ -189,7 +178,7 @@ def _read_samples(shards: Iterator[_Shard]) -> Iterator[dict]:
                 stream.close()
 
 
-def _expand(samples: Iterator[dict], *, ablate_language: bool = False) -> Iterator[dict]:
+def _expand(samples: Iterator[dict], *, vocab_size: int, ablate_language: bool = False) -> Iterator[dict]:
     """One item per (image, ref, sentence): the image bytes (shared, not decoded yet), the image
     size, the ref's RLE and the sentence's ids/tokens/raw text.
 
@@ -197,7 +186,16 @@ def _expand(samples: Iterator[dict], *, ablate_language: bool = False) -> Iterat
     (the next ref, cyclically; images with a single ref are left out), while its own mask stays
     the target: the language ablation, which a model that reads the words must fail.
     """
+    sentences = 0  # in the current shard, ablation or not
     for sample in samples:
+        if "__end__" in sample:
+            shard = sample["__end__"]
+            if sentences != shard.sentences:
+                # a stream whose shards hold no sentence would otherwise resample them forever
+                raise DataError(f"shard {shard.url} holds {sentences} sentences, its manifest says {shard.sentences}; "
+                                "rebuild it with dmn-data build")
+            sentences = 0
+            continue
         where = f"shard {sample['__url__']}, sample {sample['__key__']}"
         data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
         if data is None or META_EXT not in sample:
@@ -209,12 +207,17 @@ def _expand(samples: Iterator[dict], *, ablate_language: bool = False) -> Iterat
                 raise DataError(f"{where}: belongs to split {meta.get('split')!r}, read as {sample['__split__']!r}; "
                                 "shards were moved or renamed, rebuild with dmn-data build")
             refs = meta["refs"]
+            sentences += sum(len(ref["sentences"]) for ref in refs)
             if ablate_language and len(refs) < 2:
                 continue
+            for ref in refs:  # all checked before any is used (the ablation borrows another ref's)
+                for sent in ref["sentences"]:
+                    if not valid_token_ids(sent["ids"], vocab_size):
+                        # an id past the vocabulary would index outside the embedding table
+                        raise ValueError(f"sentence {sent['sent_id']} has token ids outside [1, {vocab_size}) "
+                                         f"or none: {str(sent['ids'])[:60]}")
             for i, ref in enumerate(refs):
                 for j, sent in enumerate(ref["sentences"]):
-                    if not sent["ids"]:
-                        raise ValueError(f"sentence {sent['sent_id']} has no tokens")
                     said = sent
                     if ablate_language:
                         other = refs[(i + 1) % len(refs)]["sentences"]
@@ -223,8 +226,8 @@ def _expand(samples: Iterator[dict], *, ablate_language: bool = False) -> Iterat
                            "image_id": meta["image_id"], "ref_id": ref["ref_id"], "mask": ref["mask"],
                            "sent_id": sent["sent_id"], "ids": said["ids"], "tokens": said["tokens"],
                            "raw": said["raw"]}
-        except (ValueError, KeyError, TypeError) as err:
-            raise DataError(f"{where}: bad annotation ({type(err).__name__}: {err})") from None
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+            raise DataError(f"{where}: bad annotation ({type(err).__name__}: {str(err)[:150]})") from None
 
 
 def _shuffle(items: Iterator[dict], *, bufsize: int, source: _ShardList) -> Iterator[dict]:
@@ -295,6 +298,12 @@ class Loader:
                 yield batch
                 if self.train and n == self.num_batches:
                     break
+        except RuntimeError as err:
+            if "DataLoader worker" not in str(err):
+                raise
+            # torch's message for a worker killed by a signal (kill -9, the OOM killer)
+            raise DataError(f"a data-loading worker process died ({str(err).splitlines()[0][:120]}); free memory or "
+                            "lower --workers, then rerun (dmn-train: add --resume)") from None
         finally:
             del batches  # shuts the workers down now, not at garbage collection
 
@@ -334,8 +343,16 @@ def _shard_list(ddir: Path, manifest: dict, split: str, verify_sha256: bool = Tr
         path = inside(ddir, e.get("name") if isinstance(e, dict) else None)
         if path is None:
             raise DataError(f"{ddir / MANIFEST}: shard entry {e!r} has no valid name inside {ddir}; rebuild with dmn-data build")
-        shards.append(_Shard(str(path), int(e["images"]), int(e["sentences"]),
+        try:
+            images, sentences = int(e["images"]), int(e["sentences"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{ddir / MANIFEST}: shard entry {e['name']!r} lacks integer images/sentences counts; "
+                            "rebuild with dmn-data build") from None
+        shards.append(_Shard(str(path), images, sentences,
                              sha256=e.get("sha256") if verify_sha256 else None, split=split))
+    if sum(s.sentences for s in shards) < 1:
+        # training resamples shards until it has a batch: with no sentence it would wait forever
+        raise DataError(f"split {split!r} of {ddir} holds no sentence; rebuild with dmn-data build")
     missing = [s.url for s in shards if not Path(s.url).is_file()]
     if missing:
         raise DataError(f"shard {missing[0]} is missing ({len(missing)} of {len(shards)} listed in {ddir / MANIFEST}); rebuild with dmn-data build")
@@ -405,7 +422,7 @@ def make_loader(shards: str | Path, split: str, *, size: int, batch_size: int, t
     pipeline = wds.DataPipeline(
         source,  # _Shard: eval → this rank's then this worker's shards in order; train → endless draws
         _read_samples,  # {"__key__", "__url__", "jpg"/"png", "json"}: one image with all its refs
-        partial(_expand, ablate_language=ablate_language),  # one dict per (image, ref, sentence), image still encoded
+        partial(_expand, vocab_size=len(vocab), ablate_language=ablate_language),  # one dict per (image, ref, sentence), image still encoded
         partial(_shuffle, bufsize=shuffle_buffer, source=source) if train else None,  # same, mixed
         partial(_decode, size=size, mirror=mirror, source=source),  # transforms.Example: resized arrays
         wds.batched(batch_size, collation_fn=partial(collate, size=size), partial=True),  # batch dicts

@@ -64,3 +64,10 @@ def encode(tokens: Iterable[str], index: dict[str, int]) -> list[int]:
 def vocab_bytes(vocab: list[str]) -> bytes:
     """The exact bytes of ``vocab.json`` (its sha256 identifies the vocabulary)."""
     return (json.dumps(vocab, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def valid_token_ids(ids: object, vocab_size: int) -> bool:
+    """True for a non-empty list of integer ids in ``[1, vocab_size)`` (0 is padding): an id past
+    the vocabulary would index outside the embedding table."""
+    return (isinstance(ids, list) and len(ids) > 0
+            and all(isinstance(i, int) and not isinstance(i, bool) and 1 <= i < vocab_size for i in ids))

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as cocomask
 
+from .images import to_rgb
 from .keys import PAD_ID
 from .masks import decode_rle
 
@@ -46,7 +47,7 @@ def decode_resized(data: bytes, height: int, width: int, size: int) -> np.ndarra
             # PIL picks the factor from integer quotients: asking for (w // scale, h // scale) gets
             # exactly ``scale`` (asking for (w', h') misses it for odd sizes, e.g. 427 → 214).
             im.draft("RGB", (width // scale, height // scale))
-        rgb = im.convert("RGB")
+        rgb = to_rgb(im)
     if rgb.size != (tw, th):
         rgb = rgb.resize((tw, th), Image.BILINEAR)
     return np.asarray(rgb)

@@ -19,6 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from .errors import SkipItem
+from .images import to_rgb
 from .keys import META_EXT
 from .masks import rle_bbox, segmentation_to_rle
 from .records import ImageItem, MatMask, RleMask
@@ -66,6 +67,13 @@ def _image_bytes(item: ImageItem) -> tuple[bytes, str]:
             raise SkipItem("unreadable_image", f"image {item.image_id}: {item.path}: {err.strerror}") from None
     ext = next((e for magic, e in _MAGIC.items() if data.startswith(magic)), None)
     if ext is None:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                fmt = im.format
+        except Exception:  # noqa: BLE001 - any failure to identify means "not an image PIL knows"
+            fmt = None
+        if fmt is not None:  # a real image in another format: shards hold JPEG and PNG only
+            raise SkipItem("unsupported_format", f"image {item.image_id}: {item.file_name} is {fmt}, not JPEG or PNG")
         raise SkipItem("corrupt_image", f"image {item.image_id}: {item.file_name} is neither JPEG nor PNG")
     try:
         with Image.open(io.BytesIO(data)) as im:
@@ -75,6 +83,10 @@ def _image_bytes(item: ImageItem) -> tuple[bytes, str]:
             # corruption surface here, at a fraction of the cost of a full decode.
             im.draft("RGB", (max(1, item.width // 8), max(1, item.height // 8)))
             im.load()
+            try:
+                to_rgb(im)  # what the stream does with it: a mode it cannot convert is skipped here
+            except ValueError as err:
+                raise SkipItem("unsupported_image_mode", f"image {item.image_id}: {item.file_name}: {err}") from None
     except SkipItem:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:

@@ -25,7 +25,9 @@ Everything is a tensor, str, int, float, bool, None, list, tuple or dict, so loa
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +122,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not str(err).startswith("Weights only load failed"):
+            raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({str(err).strip()[:200]})") from None
+        raise CheckpointError(_refused(path, str(err))) from None
     except Exception as err:  # torch raises many types for truncated/foreign files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({first[:200]})") from None
@@ -129,8 +135,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                               f"{FORMAT!r}); pass a file written by dmn-train")
     missing = [k for k in REQUIRED if k not in payload]
     if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {missing}; it is incomplete")
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}, which every dmn checkpoint holds; "
+                              "it is incomplete or was not written by dmn-train, and was not used")
     return payload
+
+
+def _refused(path: Path, message: str) -> str:
+    """One line for a checkpoint that torch's weights-only loader refused. torch's own message
+    starts with how to load the file anyway (weights_only=False); what matters here is what was
+    refused, and that such a file is not to be trusted."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found:
+        return (f"checkpoint {path} was refused and not loaded: it refers to {found.group(1)}, which a dmn checkpoint "
+                "(tensors and plain containers) never does; the file is not trusted (loading it without "
+                "weights_only could run code from it)")
+    # not a dangerous reference but a damaged file: the line that names the problem, not the advice
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip() and "weights_only" not in ln
+             and not ln.startswith("Check the documentation")]
+    problem = lines[0].removeprefix("WeightsUnpickler error: ") if lines else "not a pickle torch can read"
+    return f"checkpoint {path} is unreadable or corrupt ({problem[:150]}); it was not loaded"
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, Any], source: str | Path) -> None:

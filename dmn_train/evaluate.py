@@ -329,6 +329,8 @@ def evaluate(cfg: EvalConfig, info: DistInfo, device: torch.device,
     ckpt_path, run_dir = find_checkpoint(cfg)
     ckpt = load_checkpoint(ckpt_path)
     where = resolve(cfg, ckpt, ckpt_path, run_dir)
+    if where.out.exists() and not where.out.is_dir():
+        raise DataError(f"--out {where.out} is a file; pass a folder for the evaluation's outputs")
     manifest = read_manifest(where.shards)
     check_split(manifest, cfg.split, where.shards)
     check_vocab(ckpt, where.shards, str(where.checkpoint))
@@ -352,6 +354,10 @@ def evaluate(cfg: EvalConfig, info: DistInfo, device: torch.device,
                             keep=cfg.grid, amp=amp, progress=cfg.progress)
     if writer is not None:
         writer.close()
+    if acc.count == 0:  # summed over ranks: every rank raises alike
+        shutil.rmtree(part, ignore_errors=True)
+        why = " (the language ablation needs images with two or more refs)" if cfg.ablate_language else ""
+        raise DataError(f"no sentence of {cfg.split!r} in {where.shards} was evaluated{why}; nothing to report")
     metrics = {
         "split": cfg.split, "checkpoint": str(where.checkpoint), "step": ckpt.get("step"),
         "shards": str(where.shards), "size": where.size, "vocab_sha256": ckpt["vocab_sha256"],

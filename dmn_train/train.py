@@ -182,6 +182,24 @@ def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
     return [r for r in rows if r["step"] <= up_to_step]
 
 
+def _check_new_run_dir(out: Path) -> None:
+    """Refuse, before anything is written, an ``--out`` that is a file or a folder with other
+    content than a dmn-train run: its config.json and the parent's ``latest`` would be replaced."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a folder for the run")
+    # an empty checkpoints/ is what a run killed before writing its config.json leaves
+    if not out.is_dir() or all(p.name == "checkpoints" and p.is_dir() and not any(p.iterdir()) for p in out.iterdir()):
+        return
+    try:
+        stored = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        ours = isinstance(stored, dict) and {"train", "model"} <= stored.keys()
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise ValueError(f"--out {out} exists and is not a dmn-train run; nothing was written: "
+                         "choose a new or empty folder")
+
+
 def _remove_stale_tmp(folder: Path) -> None:
     """Remove ``.<name>.<pid>.tmp`` files left by a process that was killed while writing a
     checkpoint; a live writer's (its pid still runs) are kept."""
@@ -258,6 +276,8 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
     if not resume and last_path.is_file():
         raise CheckpointError(f"{out} already holds a run; pass --resume to continue it "
                               "or choose another --out")
+    if not resume:
+        _check_new_run_dir(out)
     if info.is_main and last_path.parent.is_dir():
         _remove_stale_tmp(last_path.parent)
     shards = Path(cfg.shards)
@@ -302,6 +322,10 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
     step, best = 0, -1.0
     if resume:
         state = ck.load_checkpoint(last_path, map_location=device)
+        missing = [k for k in ("optimizer", "step", "best_val_iou", "rng") if k not in state]
+        if missing:
+            raise CheckpointError(f"--resume: {last_path} lacks {', '.join(missing)} (a training checkpoint holds "
+                                  "them); start a new run with --init-from it instead")
         if state["vocab_sha256"] != vocab_sha:
             raise CheckpointError(f"--resume: {last_path} was trained on another vocabulary "
                                   f"than {shards}/vocab.json")
