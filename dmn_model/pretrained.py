@@ -23,9 +23,12 @@ weights are in its state dict.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,13 +130,24 @@ def load_backbone_weights(backbone: nn.Module, config: DMNConfig, weights: Backb
         kwargs["pretrained_cfg_overlay"] = dict(hf_hub_id=weights.hub_id)
     else:
         name = weights.name  # a tag: timm resolves it to its hub repo and the cached file
+    missing = _MissingKeys()
     try:
-        loaded = timm_features(name, config.backbone_final_norm, **kwargs)
+        with missing.listening():
+            loaded = timm_features(name, config.backbone_final_norm, **kwargs)
     except (RuntimeError, KeyError, ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise PretrainedWeightsError(f"backbone weights {weights.name} do not fit "
                                      f"{config.backbone!r} ({first}); pass weights for that "
                                      f"architecture, or --pretrained {NONE}") from None
+    # features_only loads are non-strict in timm (the classifier is dropped): a file of another
+    # architecture would leave the backbone silently random. Missing keys that are ours count.
+    ours = set(loaded.state_dict())
+    lacking = [k for k in missing.keys if k in ours or k.replace(".", "_", 1) in ours]
+    if lacking:
+        raise PretrainedWeightsError(
+            f"backbone weights {weights.name} do not fit {config.backbone!r}: they lack "
+            f"{len(lacking)} of its {len(ours)} tensors (e.g. {lacking[0]}); pass weights for "
+            f"that architecture, or --pretrained {NONE}")
     if normalization(loaded) != normalization(backbone):
         raise PretrainedWeightsError(
             f"--pretrained {weights.requested}: {weights.name} expects other input "
@@ -145,6 +159,33 @@ def load_backbone_weights(backbone: nn.Module, config: DMNConfig, weights: Backb
         raise PretrainedWeightsError(f"backbone weights {weights.name} do not fit "
                                      f"{config.backbone!r}; pass weights for that architecture")
     backbone.load_state_dict(state)
+
+
+class _MissingKeys(logging.Handler):
+    """Collects the keys timm's ``load_pretrained`` reports missing (it logs them at INFO)."""
+
+    _PATTERN = re.compile(r"Missing keys \((.*)\) discovered")
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.keys: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = self._PATTERN.match(record.getMessage())
+        if match:
+            self.keys += match.group(1).split(", ")
+
+    @contextlib.contextmanager
+    def listening(self):
+        logger = logging.getLogger("timm.models._builder")
+        level = logger.level
+        logger.addHandler(self)
+        logger.setLevel(logging.INFO)
+        try:
+            yield self
+        finally:
+            logger.removeHandler(self)
+            logger.setLevel(level)
 
 
 def _from_hub(requested: str, name: str, hub_id: str, fetch_hint: str) -> BackboneWeights:
