@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .backbone import normalization, timm_features
@@ -132,7 +133,9 @@ def load_backbone_weights(backbone: nn.Module, config: DMNConfig, weights: Backb
         name = weights.name  # a tag: timm resolves it to its hub repo and the cached file
     missing = _MissingKeys()
     try:
-        with missing.listening():
+        # fork_rng: building the throwaway model must not move the run's random stream, so a
+        # run's head initialisation is the same whatever its backbone weights
+        with missing.listening(), torch.random.fork_rng(devices=[]):
             loaded = timm_features(name, config.backbone_final_norm, **kwargs)
     except (RuntimeError, KeyError, ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
@@ -194,18 +197,25 @@ def _from_hub(requested: str, name: str, hub_id: str, fetch_hint: str) -> Backbo
     from huggingface_hub import constants, hf_hub_download
 
     repo, _, revision = hub_id.partition("@")
-    reasons = []
-    for filename in HF_FILES:
-        try:
-            path = Path(hf_hub_download(repo, filename, revision=revision or None))
-        except Exception as err:  # offline, no such repo/file, network: each is a reason to report
-            reasons.append(f"{filename}: {type(err).__name__}")
-            continue
-        return BackboneWeights(requested, name, hub_id, str(path), _sha256(path))
-    offline = " with HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else ""
+    last = ""
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # its retry warnings would break the one-line error
+    try:
+        for filename in HF_FILES:
+            try:
+                path = Path(hf_hub_download(repo, filename, revision=revision or None))
+            except Exception as err:  # offline, no such repo/file, no network: try the next one
+                last = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+                continue
+            return BackboneWeights(requested, name, hub_id, str(path), _sha256(path))
+    finally:
+        hub_logger.setLevel(level)
+    why = ("not in the cache, and HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE
+           else f"not in the cache, and the Hub did not give them: {last}")
     raise PretrainedWeightsError(
         f"backbone weights {name} not available: tried Hugging Face repo {hub_id} "
-        f"({', '.join(reasons)}) in the cache {constants.HF_HUB_CACHE}{offline}; fetch them "
+        f"({' / '.join(HF_FILES)}) in the cache {constants.HF_HUB_CACHE} - {why}; fetch them "
         f"first where there is network (`{fetch_hint}`, same HF_HOME), or pass --pretrained "
         f"FILE (a timm weights file), or --pretrained {NONE} for random init")
 
