@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from dmn_model import DMN, DMNConfig
 from dmn_model.backbone import create_backbone
