@@ -7,8 +7,6 @@ their channel counts and strides. The DMN reads every shape from there.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor, nn
 
@@ -101,31 +99,74 @@ class TinyCNN(nn.Module):
         return features
 
 
+#: timm families whose ``features_only`` model stops before the final norm + activation that
+#: the full network's features pass through (module name in the full model). dpn: the original
+#: DMN fed the post-``conv5_bn_ac`` map to the dynamic filters; resnetv2 (pre-activation, incl.
+#: BiT): the last stage's sum is un-normalised. resnet / densenet / cspnet / regnet already end
+#: activated; efficientnet's and mobilenetv3's ``conv_head`` is a 1×1 conv head and convnext's
+#: norm acts on the pooled vector, so those are left as timm gives them (docs/model.md).
+FINAL_NORM_MODULES = {"dpn": "features.conv5_bn_ac", "resnetv2": "norm"}
+
+
+def final_norm_module(name: str) -> str | None:
+    """The module :data:`FINAL_NORM_MODULES` adds for timm model ``name`` (tags allowed), or None."""
+    import timm
+
+    family = timm.models.model_entrypoint(timm.models.split_model_name_tag(name)[0]).__module__
+    return FINAL_NORM_MODULES.get(family.rsplit(".", 1)[-1])
+
+
+def _final_norm_features(final_module: str):
+    """A timm ``FeatureListNet`` whose last feature is taken after ``final_module``.
+
+    Handed to ``timm.create_model(feature_cls=...)`` so that everything else - weight loading
+    into the full model, ``pretrained_cfg``, module naming - stays timm's own; the state dict is
+    timm's ``features_only`` one plus the final module's tensors (which the pretrained file has).
+    """
+    from timm.models import FeatureListNet
+
+    class FinalNormFeatureListNet(FeatureListNet):
+        def __init__(self, model: nn.Module, **kwargs) -> None:
+            info = [dict(stage) for stage in model.feature_info]
+            info[-1]["module"] = final_module
+            model.feature_info = info
+            super().__init__(model, **kwargs)
+            if final_module == "features.conv5_bn_ac":
+                # timm's DPN ends in BN + ELU; the DMN's dpn (and the MXNet original) in BN + ReLU.
+                self["features_conv5_bn_ac"].bn.act = nn.ReLU(inplace=True)
+
+    return FinalNormFeatureListNet
+
+
+def timm_features(name: str, final_norm: bool, **create_kwargs) -> nn.Module:
+    """``timm.create_model(name, features_only=True, **create_kwargs)``, with the family's final
+    norm + activation (:data:`FINAL_NORM_MODULES`) applied to the last feature when
+    ``final_norm``."""
+    import timm
+
+    module = final_norm_module(name) if final_norm else None
+    if module is not None:
+        create_kwargs["feature_cls"] = _final_norm_features(module)
+    return timm.create_model(name, features_only=True, **create_kwargs)
+
+
 def create_backbone(config: DMNConfig) -> nn.Module:
-    """The visual module of ``config``: :class:`TinyCNN` or a timm ``features_only`` model.
+    """The visual module of ``config``, randomly initialised: :class:`TinyCNN` or a timm
+    ``features_only`` model. Pretrained weights are the trainer's business
+    (:func:`dmn_model.pretrained.load_backbone_weights`): a loaded model gets every weight from
+    its state dict, so building one never reads or downloads anything.
 
     Raises:
-        ValueError: unknown timm model name, missing ``pretrained_path`` file, or pretrained
-            weights requested for ``tiny_cnn``.
+        ValueError: unknown timm model name.
     """
-    path = config.pretrained_path
-    if path is not None and not os.path.isfile(path):
-        raise ValueError(f"DMNConfig.pretrained_path: no such file {path!r}")
     if config.backbone == TINY_CNN:
-        if path is not None:
-            raise ValueError("DMNConfig.pretrained_path is for timm backbones; "
-                             f"{TINY_CNN!r} always starts from random weights")
         return TinyCNN(config.tiny_cnn_channels, config.tiny_cnn_output_stride)
     import timm  # imported here: it takes seconds, and tiny_cnn runs (and every --help) need none of it
 
     if not timm.is_model(config.backbone):
         raise ValueError(f"DMNConfig.backbone: {config.backbone!r} is neither {TINY_CNN!r} nor a "
                          "timm model name (see timm.list_models())")
-    if path is None:
-        return timm.create_model(config.backbone, pretrained=False, features_only=True)
-    # features_only models ignore checkpoint_path=; a file overlay on the pretrained cfg works.
-    return timm.create_model(config.backbone, pretrained=True, features_only=True,
-                             pretrained_cfg_overlay=dict(file=path))
+    return timm_features(config.backbone, config.backbone_final_norm, pretrained=False)
 
 
 def normalization(backbone: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

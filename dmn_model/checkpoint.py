@@ -16,6 +16,9 @@ Payload (``format = "dmn-checkpoint/1"``)::
     vocab            the vocabulary itself, list[str] in id order (since the model-folder export;
                      older checkpoints lack it, and dmn-export then finds the shards' vocab.json
                      through train_config["shards"] and checks it against vocab_sha256)
+    backbone_weights where the backbone's starting weights came from: {requested, name, hub_id,
+                     file, sha256} (see dmn_model.pretrained; name/file/sha256 None for random
+                     init; --init-from carries the source checkpoint's). Older checkpoints lack it.
     rng              torch CPU (+ CUDA) generator states, Python ``random`` and numpy states
 
 Everything is a tensor, str, int, float, bool, None, list, tuple or dict, so loading uses

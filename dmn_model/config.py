@@ -33,8 +33,12 @@ class DMNConfig:
     # Stride of ``tiny_cnn``'s last stage (8, 16 or 32): stages halve the resolution until it is
     # reached, later ones keep it. The multimodal grid is input_size / this per side.
     tiny_cnn_output_stride: int = 32
-    # Local timm weights file (.pth / .safetensors) for the backbone; None = random init (offline).
-    pretrained_path: str | None = None
+    # Apply the backbone's final norm + activation to the top feature where timm's features_only
+    # model leaves it out (dpn92's conv5_bn_ac, as the original DMN; see
+    # backbone.FINAL_NORM_MODULES). False in configs written before this field existed.
+    # Where the backbone's starting weights come from is not architecture: it is the trainer's
+    # ``--pretrained`` (TrainConfig.pretrained), recorded in checkpoints as ``backbone_weights``.
+    backbone_final_norm: bool = True
     # Language module: word embedding size, recurrent hidden size and depth.
     emb_size: int = 1000
     hid_size: int = 1000
@@ -70,7 +74,7 @@ class DMNConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"DMNConfig.{name} must be a positive int, got {value!r}")
-        for name in ("mix_we", "lstm", "high_res", "freeze"):
+        for name in ("mix_we", "lstm", "high_res", "freeze", "backbone_final_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"DMNConfig.{name} must be true or false, "
                                  f"got {getattr(self, name)!r}")
@@ -117,10 +121,16 @@ class DMNConfig:
     def from_dict(cls, data: dict[str, Any]) -> DMNConfig:
         """Rebuild from ``dataclasses.asdict(config)`` (e.g. after a JSON round trip).
 
+        A config stored before a field existed describes the model of that time: such fields
+        take their :data:`_ABSENT_MEANS` value, not the default, so old checkpoints load
+        (strictly) into the model they were trained as. ``pretrained_path``, a field of older
+        versions, is dropped: a stored model's backbone weights are all in its state dict.
+
         Raises:
             ValueError: on keys that are not fields, or on invalid values.
         """
         names = {f.name for f in dataclasses.fields(cls)}
+        data = {**_ABSENT_MEANS, **{k: v for k, v in data.items() if k not in _RETIRED}}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown DMNConfig field(s) {unknown}; valid fields: {sorted(names)}")
@@ -132,6 +142,11 @@ class DMNConfig:
         """A copy with some fields changed (validated like a fresh config)."""
         return self.from_dict({**dataclasses.asdict(self), **changes})
 
+
+#: Fields added after configs were first stored, and the value their absence means.
+_ABSENT_MEANS: dict[str, Any] = {"backbone_final_norm": False}
+#: Fields of older versions that no longer exist (ignored when read).
+_RETIRED = frozenset({"pretrained_path"})
 
 #: The original README command (low-res training): dpn92, K=10, 3 language layers, --mix-we.
 #: Its high-res stage is the same config with ``high_res=True``, started from the low-res weights.

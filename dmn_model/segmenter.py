@@ -205,7 +205,7 @@ class Segmenter:
         std = (self.model.pixel_std.flatten() / 255).tolist()
         return {
             "format": FOLDER_FORMAT,
-            "model": _offline(dataclasses.asdict(self.model.config)),
+            "model": dataclasses.asdict(self.model.config),
             "input_size": self.input_size,
             "threshold": self.threshold,
             "normalization": {"mean": mean, "std": std},
@@ -432,17 +432,9 @@ def _unit(x: torch.Tensor) -> np.ndarray:
     return x.cpu().numpy().astype(np.float32)
 
 
-def _offline(model_config: dict[str, Any]) -> dict[str, Any]:
-    """The config with its pretrained-backbone fields at their (offline) defaults: a loaded
-    model's weights all come from its state dict, so nothing is read or fetched for them."""
-    defaults = {f.name: f.default for f in dataclasses.fields(DMNConfig)}
-    return {k: (defaults[k] if k.startswith("pretrained") and k in defaults else v)
-            for k, v in model_config.items()}
-
-
 def _build_model(model_config: dict[str, Any], vocab_size: int, source: str) -> DMN:
     try:
-        return DMN(DMNConfig.from_dict(_offline(dict(model_config))), vocab_size)
+        return DMN(DMNConfig.from_dict(dict(model_config)), vocab_size)
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"{source}: its model config is not valid here "
                               f"({str(err).splitlines()[0][:200]})") from None

@@ -19,6 +19,7 @@ from rich.console import Console
 
 
 from dmn_model.checkpoint import latest_run
+from dmn_model.config import DMNConfig
 from dmn_model.cli_errors import user_errors_with
 
 from .distributed import (destroy_process_group, dist_info_from_env, init_process_group,
@@ -70,7 +71,16 @@ def train_cmd(
     high_res: Annotated[Optional[bool], Opt("--high-res/--low-res", help="Full-resolution output "
                                             "through the upsampling module (else the low-res map, stride 32 for timm backbones).")] = None,
     backend: Annotated[Optional[str], Opt(help="Visual backbone: a timm model name or tiny_cnn.")] = None,
-    pretrained: Annotated[Optional[Path], Opt(help="Local timm weights file for --backend.")] = None,
+    pretrained: Annotated[Optional[str], Opt(
+        metavar="auto|none|TAG|hf-hub:ID|FILE",
+        help="Backbone weights of a fresh run: auto (default: timm's pretrained weights through "
+             "the Hugging Face cache - HF_HOME, HF_HUB_OFFLINE respected - e.g. dpn92.mx_in1k; "
+             "random for tiny_cnn), a timm tag (dpn92.mx_in1k), hf-hub:<repo id>, a timm "
+             "weights file, or none (random init). Ignored with --init-from/--resume.")] = None,
+    fetch_weights: Annotated[bool, Opt(
+        "--fetch-weights", help="Only fetch the backbone weights this command would start from "
+        "(--preset/--backend/--pretrained) into the Hugging Face cache, check they load, print "
+        "where they are and exit: run it where there is network before an offline job.")] = False,
     num_filters: Annotated[Optional[int], Opt(help="Dynamic filters per word (K).")] = None,
     emb_size: Annotated[Optional[int], Opt(help="Word embedding size.")] = None,
     hid_size: Annotated[Optional[int], Opt(help="Language RNN hidden size.")] = None,
@@ -120,7 +130,7 @@ def train_cmd(
 ) -> None:
     """Train a DMN: checkpoints, metrics.jsonl and curves.png go to the run directory."""
     model_overrides = dict(
-        backbone=backend, pretrained_path=str(pretrained) if pretrained else None,
+        backbone=backend,
         num_filters=num_filters, emb_size=emb_size, hid_size=hid_size, lang_layers=lang_layers,
         mixed_size=mixed_size, hid_mixed_size=hid_mixed_size, mixed_layers=mixed_layers,
         mix_we=mix_we, lstm=lstm, high_res=high_res, upsamp_amplification=upsamp_amplification,
@@ -131,10 +141,15 @@ def train_cmd(
         weight_decay=weight_decay, schedule=schedule.value if schedule else None,
         warmup_steps=warmup_steps, min_lr=min_lr, grad_clip=grad_clip, iou_loss=iou_loss,
         aux_weight=aux_weight, flip=flip, init_from=str(init_from) if init_from else None,
+        pretrained=pretrained,
         log_every=log_every, eval_every=eval_every, save_every=save_every,
         eval_batches=eval_batches, eval_batch_size=eval_batch_size, threshold=threshold,
         seed=seed, workers=workers, device=device.value if device else None, amp=amp,
         compile=compile, progress=progress, verify_sha256=verify_sha256)
+    if fetch_weights:
+        fetch_backbone_weights(model_config(preset.value, **model_overrides),
+                               train_config(preset.value, "", pretrained=pretrained).pretrained)
+        return
     if resume:
         run = out if out is not None else latest_run("runs")
         given = {**train_overrides, "shards": str(shards) if shards else None}
@@ -156,6 +171,20 @@ def train_cmd(
               log=lambda m: err_console.print(m, highlight=False, soft_wrap=True))
     finally:
         destroy_process_group(info)
+
+
+def fetch_backbone_weights(model_cfg: DMNConfig, requested: str) -> None:
+    """``--fetch-weights``: resolve (download into the cache), load into the backbone, report."""
+    from dmn_model.backbone import create_backbone
+    from dmn_model.pretrained import load_backbone_weights, resolve_weights
+
+    weights = resolve_weights(model_cfg.backbone, requested)
+    if weights is None:
+        print(f"{model_cfg.backbone}: random init (--pretrained {requested}); nothing to fetch")
+        return
+    load_backbone_weights(create_backbone(model_cfg), model_cfg, weights)
+    print(f"{model_cfg.backbone}: {weights.describe()}; loads into the backbone")
+    print(weights.file)
 
 
 def main() -> None:

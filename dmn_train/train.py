@@ -32,6 +32,7 @@ from dmn_model import checkpoint as ck
 from dmn_model.checkpoint import CheckpointError
 from dmn_model.config import DMNConfig, preset
 from dmn_model.network import DMN
+from dmn_model.pretrained import BackboneWeights, load_backbone_weights, resolve_weights
 
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_from_main, unwrap
 from .evaluate import autocast_context, enable_tf32, check_split, predict, vocab_sha256
@@ -73,6 +74,10 @@ class TrainConfig:
     aux_weight: float = 0.0
     # Start from another run's weights (high-res stage from the low-res checkpoint).
     init_from: str | None = None
+    # Backbone weights of a fresh run (not --init-from/--resume): auto (timm's pretrained weights
+    # for a timm backbone, through the Hugging Face cache; random for tiny_cnn), a timm tag,
+    # hf-hub:<repo>, a weights file, or none (random init). See dmn_model.pretrained.
+    pretrained: str = "auto"
     # Bookkeeping.
     log_every: int = 50  # steps per log line / metrics.jsonl row
     eval_every: int = 0  # steps between evaluations; 0 = once per epoch
@@ -217,7 +222,8 @@ def _remove_stale_tmp(folder: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _payload(model, optimizer, cfg, model_cfg, step, epoch, best, vocab_sha, vocab, lr):
+def _payload(model, optimizer, cfg, model_cfg, step, epoch, best, vocab_sha, vocab, lr,
+             backbone_weights):
     return {
         "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": {"kind": cfg.schedule, "lr": lr, "base_lr": cfg.lr,
@@ -225,12 +231,14 @@ def _payload(model, optimizer, cfg, model_cfg, step, epoch, best, vocab_sha, voc
         "step": step, "epoch": epoch, "best_val_iou": best,
         "model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(cfg),
         "vocab_sha256": vocab_sha, "vocab_size": len(vocab), "vocab": list(vocab),
-        "rng": ck.rng_state(),
+        "backbone_weights": backbone_weights, "rng": ck.rng_state(),
     }
 
 
-def init_weights_from(model: DMN, path: str, vocab_sha: str, log: Callable[[str], None]) -> None:
-    """Load every tensor of checkpoint ``path`` whose name and shape match (low → high res)."""
+def init_weights_from(model: DMN, path: str, vocab_sha: str, log: Callable[[str], None]
+                      ) -> dict | None:
+    """Load every tensor of checkpoint ``path`` whose name and shape match (low → high res).
+    Returns where that checkpoint's backbone weights came from (its ``backbone_weights``)."""
     ckpt = ck.load_checkpoint(path)
     if ckpt["vocab_sha256"] != vocab_sha:
         raise CheckpointError(f"--init-from {path} was trained with another vocabulary (sha256 "
@@ -240,6 +248,14 @@ def init_weights_from(model: DMN, path: str, vocab_sha: str, log: Callable[[str]
     model.load_state_dict(matching, strict=False)
     log(f"--init-from {path}: loaded {len(matching)}/{len(own)} tensors "
         f"({len(own) - len(matching)} new, e.g. {sorted(set(own) - set(matching))[:3]})")
+    return ckpt.get("backbone_weights")
+
+
+def backbone_weights_record(weights: BackboneWeights | None, requested: str) -> dict:
+    """``backbone_weights`` of a fresh run's checkpoints: the resolved file, or random init."""
+    if weights is not None:
+        return weights.to_dict()
+    return {"requested": requested, "name": None, "hub_id": None, "file": None, "sha256": None}
 
 
 @dataclass
@@ -280,6 +296,10 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
         _check_new_run_dir(out)
     if info.is_main and last_path.parent.is_dir():
         _remove_stale_tmp(last_path.parent)
+    # Before any data is read: a fresh run without --init-from needs its backbone weights, and a
+    # missing file or an offline cache should cost seconds, not a data pipeline start-up.
+    fresh = not resume and not cfg.init_from
+    weights = resolve_weights(model_cfg.backbone, cfg.pretrained) if fresh else None
     shards = Path(cfg.shards)
     manifest = read_manifest(shards)
     check_split(manifest, cfg.split, shards)
@@ -312,8 +332,17 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
     random.seed(cfg.seed + info.rank)
     np.random.seed(cfg.seed + info.rank)
     model = DMN(model_cfg, len(loader.vocab))
-    if cfg.init_from and not resume:
-        init_weights_from(model, cfg.init_from, vocab_sha, log if info.is_main else _quiet)
+    backbone_weights: dict | None = None
+    if fresh:
+        if weights is not None:
+            load_backbone_weights(model.backbone, model_cfg, weights)
+        backbone_weights = backbone_weights_record(weights, cfg.pretrained)
+        if info.is_main:
+            log("backbone weights: " + (weights.describe() if weights is not None else
+                f"random init ({model_cfg.backbone}, --pretrained {cfg.pretrained})"))
+    elif cfg.init_from and not resume:
+        backbone_weights = init_weights_from(model, cfg.init_from, vocab_sha,
+                                             log if info.is_main else _quiet)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -330,6 +359,7 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
             raise CheckpointError(f"--resume: {last_path} was trained on another vocabulary "
                                   f"than {shards}/vocab.json")
         ck.load_weights(model, state["model"], last_path)
+        backbone_weights = state.get("backbone_weights")
         optimizer.load_state_dict(state["optimizer"])
         step, best = int(state["step"]), float(state["best_val_iou"])
         ck.set_rng_state(state["rng"])
@@ -353,7 +383,8 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
         (out / "config.json").write_text(json.dumps(
             {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg),
              "shards": str(shards.resolve()), "vocab_sha256": vocab_sha,
-             "world_size": info.world_size}, indent=1) + "\n", encoding="utf-8")
+             "world_size": info.world_size, "backbone_weights": backbone_weights},
+            indent=1) + "\n", encoding="utf-8")
         ck.update_latest(out)
         records = _read_metrics(metrics_path, step)
         _rewrite_jsonl(metrics_path, records)
@@ -371,7 +402,7 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
     def save(name: str, lr: float) -> None:
         ck.save_checkpoint(ck.checkpoint_dir(out) / name, _payload(
             model, optimizer, cfg, model_cfg, step, step // steps_per_epoch, best, vocab_sha,
-            loader.vocab, lr))
+            loader.vocab, lr, backbone_weights))
 
     # ---- the loop -----------------------------------------------------------------------------
     bar = _bar(total_steps, step, cfg.progress and info.is_main)

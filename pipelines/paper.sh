@@ -7,7 +7,7 @@
 #
 # DATASET: unc, unc+, gref, referit (gref-umd works too, with no published DMN number).
 # --nproc N > 1 runs both stages under `torchrun --standalone --nproc_per_node N` (one node).
-# The first step checks the inputs and says exactly what is missing; nothing long starts before.
+# The first step checks the inputs (data, GPU, backbone weights); nothing long starts before.
 set -euo pipefail
 
 usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
@@ -57,6 +57,11 @@ fi
 if [ $allow_cpu = 0 ] && ! python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
   echo "error: no CUDA GPU visible: the paper preset (dpn92 at 512 px) needs one; pass --allow-cpu to run anyway" >&2
   exit 2
+fi
+# The backbone weights of the low-res stage (dpn92.mx_in1k through the Hugging Face cache, or
+# whatever --pretrained/--backend the extra flags give): found and loadable, or one line and exit 2.
+if [ ! -f "$runs/$name-low/checkpoints/last.pt" ]; then
+  dmn-train --preset paper --fetch-weights "${extra[@]}" >/dev/null
 fi
 if [ "$nproc" -gt 1 ]; then
   train=(torchrun --standalone --nproc_per_node "$nproc" "$(command -v dmn-train)")

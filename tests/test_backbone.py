@@ -1,9 +1,11 @@
 """dmn_model.backbone: the feature_info contract, timm backbones, coordinate maps."""
 
 import pytest
+import timm
 import torch
 
-from dmn_model.backbone import TinyCNN, create_backbone, normalization, spatial_coords
+from dmn_model.backbone import (TinyCNN, create_backbone, final_norm_module, normalization,
+                                spatial_coords)
 from dmn_model.config import preset
 
 
@@ -32,29 +34,61 @@ def test_timm_backbone_by_name_and_its_normalization():
 
 
 @pytest.mark.slow
-def test_dpn92_pyramid_matches_the_paper():
-    net = create_backbone(preset("paper"))
+def test_dpn92_pyramid_matches_the_paper_and_ends_after_conv5_bn_ac():
+    net = create_backbone(preset("paper")).eval()
     assert net.feature_info.channels() == [64, 336, 704, 1552, 2688]
     assert net.feature_info.reduction() == [2, 4, 8, 16, 32]
+    assert list(net.return_layers)[-1] == "features_conv5_bn_ac"
+    assert isinstance(net["features_conv5_bn_ac"].bn.act, torch.nn.ReLU)
+    with torch.no_grad():
+        top = net(torch.randn(1, 3, 64, 64))[-1]
+    assert top.shape == (1, 2688, 2, 2) and top.min() >= 0  # post BN-ReLU, as the original
 
 
-def test_local_pretrained_weights_are_loaded(tmp_path):
-    import timm
-    full = timm.create_model("resnet18", pretrained=False)
-    torch.nn.init.constant_(full.conv1.weight, 0.125)
-    path = tmp_path / "r18.pth"
-    torch.save(full.state_dict(), path)
-    net = create_backbone(preset("tiny", backbone="resnet18", pretrained_path=str(path)))
-    assert torch.all(net.conv1.weight == 0.125)
+@pytest.mark.parametrize("name, module", [("dpn68", "features.conv5_bn_ac"),
+                                          ("resnetv2_18", "norm")])
+def test_final_norm_is_the_full_models_own_module(name, module, tmp_path):
+    """The top feature is what the full network's forward_features gives (its final norm +
+    activation applied; dpn's activation as the original: ReLU, not timm's ELU), and the state
+    dict is timm's features_only one plus that module's tensors."""
+    torch.manual_seed(0)
+    full = timm.create_model(name).eval()
+    if name.startswith("dpn"):
+        full.features.conv5_bn_ac.bn.act = torch.nn.ReLU()
+    for m in full.modules():  # non-trivial BN statistics, so a missing norm would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    net = create_backbone(preset("tiny", backbone=name)).eval()
+    plain = create_backbone(preset("tiny", backbone=name, backbone_final_norm=False))
+    own = net.state_dict()
+    prefix = module.replace(".", "_", 1) if "." in module else module
+    extra = sorted(set(own) - set(plain.state_dict()))
+    assert extra and all(k.startswith(prefix + ".") for k in extra)
+    assert set(plain.state_dict()) <= set(own)
+    state = full.state_dict()
+    # our keys are timm's flattened names: features_conv1_1.x <- features.conv1_1.x
+    net.load_state_dict({k: state[k if k in state else k.replace("_", ".", 1)] for k in own})
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x)[-1], full.forward_features(x))
+        plain.load_state_dict({k: v for k, v in net.state_dict().items() if k not in extra})
+        assert not torch.allclose(plain.eval()(x)[-1], net(x)[-1])  # the norm does something
+        torch.testing.assert_close(plain(x)[-2], net(x)[-2])
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"backbone": "no_such_net"}, "backbone"),
-    ({"backbone": "resnet18", "pretrained_path": "/nonexistent.pth"}, "pretrained_path"),
-])
-def test_bad_backbone_settings(changes, message):
-    with pytest.raises(ValueError, match=message):
-        create_backbone(preset("tiny", **changes))
+def test_final_norm_only_where_timm_leaves_it_out():
+    assert final_norm_module("dpn92") == "features.conv5_bn_ac"
+    assert final_norm_module("resnetv2_50x1_bit.goog_in21k") == "norm"
+    for name in ("resnet18", "densenet121", "efficientnet_b0", "convnext_tiny"):
+        assert final_norm_module(name) is None, name
+    net = create_backbone(preset("tiny", backbone="resnet18"))
+    assert list(net.return_layers)[-1] == "layer4"  # ends after a ReLU already
+
+
+def test_bad_backbone_settings():
+    with pytest.raises(ValueError, match="backbone"):
+        create_backbone(preset("tiny", backbone="no_such_net"))
 
 
 def test_spatial_coords_match_text_objseg():

@@ -84,9 +84,10 @@ def test_eval_errors(trained, tmp_path, monkeypatch):
 
 def test_train_errors(trained, tmp_path):
     root, shards, out = trained
-    _one_line_error(runner.invoke(train_app, ["--shards", str(tmp_path / "nope")]),
-                    "manifest.json")
+    _one_line_error(runner.invoke(train_app, ["--shards", str(tmp_path / "nope"),
+                                              "--pretrained", "none"]), "manifest.json")
     _one_line_error(runner.invoke(train_app, ["--shards", str(shards), "--split", "bogus",
+                                              "--pretrained", "none",
                                               "--out", str(tmp_path / "r")]), "'bogus'")
     _one_line_error(runner.invoke(train_app, ["--shards", str(shards), "--out", str(out)]),
                     "--resume")

@@ -14,8 +14,9 @@ FAST = ["--preset", "tiny", "--size", "32", "--batch-size", "4", "--steps", "2",
         "--eval-batches", "1", "--workers", "0", "--no-progress"]
 
 
-def _run(args, cwd):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+def _run(args, cwd, env_extra=None):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
+           **(env_extra or {})}
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -73,3 +74,16 @@ def test_bench_predict_quick(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     row = [ln for ln in r.stdout.splitlines() if ln.startswith("| tiny")]
     assert len(row) == 1 and len(row[0].split("|")) == 9
+
+
+def test_paper_recipe_checks_backbone_weights_first(tmp_path):
+    """Offline without cached weights: one line naming the fix, before any shard or run."""
+    make_refer_root(tmp_path / "data", "refcoco", "unc", images_per_split=3)
+    (tmp_path / "hf").mkdir()
+    env_extra = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    r = _run(["bash", REPO / "pipelines/paper_unc.sh", "--data-root", "data", "--allow-cpu",
+              "--", *FAST, "--backend", "resnet18"], tmp_path, env_extra)
+    assert r.returncode == 2, r.stderr[-3000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "resnet18.a1_in1k" in errors[0] and "--fetch-weights" in errors[0]
+    assert not (tmp_path / "shards").exists() and not (tmp_path / "runs").exists()
