@@ -137,3 +137,23 @@ def test_unknown_backend_is_a_clear_error(monkeypatch):
     u, bias, _, mask = _recurrence_inputs(4)
     with pytest.raises(ValueError, match="DMN_SRU_BACKEND must be one of auto, loop, triton"):
         sru_recurrence(u, bias, None, mask)
+
+
+def test_bench_sru_quick(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "pipelines" / "bench_sru.py"
+    spec = importlib.util.spec_from_file_location("bench_sru", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--quick", "--threads", "1", "--out", str(tmp_path / "t.md")])
+    finally:
+        torch.set_num_threads(threads)
+    rows = [r for r in (tmp_path / "t.md").read_text().splitlines() if r.startswith("| 1 |")]
+    assert [r.split(" | ")[2:4] for r in rows] == [
+        ["fp32", "per-step ops"], ["fp32", "fused loop"], ["bf16", "per-step ops"],
+        ["bf16", "fused loop"]]
+    for ref, fused in (rows[:2], rows[2:]):  # the fused recurrence saves less
+        assert float(fused.split(" | ")[5]) < float(ref.split(" | ")[5])
