@@ -246,6 +246,9 @@ def _triton_importable() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+# torch.compile would unroll the step loop (minutes to compile the paper model, no gain over the
+# fused kernel): the recurrence stays eager inside compiled models.
+@torch.compiler.disable
 def sru_recurrence(u: Tensor, bias: Tensor, highway: Tensor | None, mask_pad: Tensor | None
                    ) -> tuple[Tensor, Tensor]:
     """Everything of an SRU layer after its input matmul, fused: gates, cells and ``h``.
