@@ -110,7 +110,15 @@ class LSTM(nn.Module):
         self.lstm = nn.LSTM(input_size, hidden_size, num_layers=num_layers)
 
     def forward(self, x: Tensor, mask_pad: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Args and returns as :meth:`SRU.forward` (final states are the LSTM's ``c_n``)."""
+        """Args and returns as :meth:`SRU.forward` (final states are the LSTM's ``c_n``).
+
+        On CPU the LSTM runs in fp32 even under bf16 autocast: oneDNN's bf16 LSTM fails
+        ("could not create a primitive descriptor") on CPUs without native bf16, and the state
+        stays fp32 as in the SRU. CUDA autocast runs cuDNN's bf16 LSTM.
+        """
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return self.forward(x.float(), mask_pad)
         if mask_pad is None:
             h, (_, c) = self.lstm(x)
             return h, c
