@@ -289,10 +289,10 @@ def main() -> None:
                              split(args.res))
         name = (torch.cuda.get_device_name(device) if device.type == "cuda"
                 else f"CPU, {args.threads} threads")
+        warmup, steps = (1, 1) if args.quick else (args.warmup, args.steps)
         lines = [f"torch {torch.__version__}, {name}, T = {args.words} words, "
-                 f"{args.warmup} warm-up + {args.steps} timed steps", ""]
-        lines += device_table(device, cases, args.words, 1 if args.quick else args.warmup,
-                              1 if args.quick else args.steps)
+                 f"{warmup} warm-up + {steps} timed steps", ""]
+        lines += device_table(device, cases, args.words, warmup, steps)
         print("\n".join(lines))
         if args.out:
             Path(args.out).write_text("\n".join(lines) + "\n")
