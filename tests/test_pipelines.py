@@ -73,3 +73,17 @@ def test_bench_predict_quick(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     row = [ln for ln in r.stdout.splitlines() if ln.startswith("| tiny")]
     assert len(row) == 1 and len(row[0].split("|")) == 9
+
+
+def test_gpu_check_refuses_without_cuda_and_bad_options(tmp_path):
+    # The full --cpu dry run takes minutes on 2 cores (docs/gpu.md): here only its guards.
+    r = _run(["bash", REPO / "pipelines/gpu_check.sh", "--bogus"], tmp_path)
+    assert r.returncode == 2 and "unknown option --bogus" in r.stderr
+    import torch
+    if not torch.cuda.is_available():
+        r = _run(["bash", REPO / "pipelines/gpu_check.sh", "--work", tmp_path / "gc",
+                  "--python", sys.executable], REPO)
+        assert r.returncode == 2
+        assert r.stderr.strip().splitlines()[-1] == (
+            f"error: {sys.executable} sees no CUDA device (use --cpu for a dry run on the CPU)")
+        assert not (tmp_path / "gc" / "summary.md").exists()
