@@ -20,7 +20,6 @@ final state do not depend on the padding.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 import os
 
@@ -251,12 +250,14 @@ def backend_for(u: Tensor) -> str:
 
 @functools.cache
 def _triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    # Only asked for CUDA tensors, so CPU-only runs never pay for importing triton.
+    try:
+        _triton_backend()
+    except ImportError:
+        return False
+    return True
 
 
-# torch.compile would unroll the step loop (minutes to compile the paper model, no gain over the
-# fused kernel): the recurrence stays eager inside compiled models.
-@torch.compiler.disable
 def sru_recurrence(u: Tensor, bias: Tensor, highway: Tensor | None, mask_pad: Tensor | None
                    ) -> tuple[Tensor, Tensor]:
     """Everything of an SRU layer after its input matmul, fused: gates, cells and ``h``.
@@ -298,3 +299,17 @@ def reference_sru_recurrence(u: Tensor, bias: Tensor, highway: Tensor | None,
     if mask_pad is not None:
         h = h.masked_fill(mask_pad[:, :, None], 0.0)
     return h, c
+
+
+def exclude_recurrence_from_compile() -> None:
+    """Make ``torch.compile`` leave :func:`sru_recurrence` eager (a graph break around it).
+
+    Tracing would unroll its step loop (minutes to compile the paper model, for nothing over the
+    fused kernel). Done on request, by ``dmn_train``'s ``--compile``, rather than at import:
+    ``torch.compiler.disable`` imports ``torch._dynamo``, seconds that eager users need not pay.
+    Idempotent; affects every SRU of the process (it rebinds the module's function).
+    """
+    global sru_recurrence
+    if not getattr(sru_recurrence, "_dmn_eager", False):
+        sru_recurrence = torch.compiler.disable(sru_recurrence)
+        sru_recurrence._dmn_eager = True

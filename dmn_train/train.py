@@ -32,6 +32,7 @@ from dmn_model import checkpoint as ck
 from dmn_model.checkpoint import CheckpointError
 from dmn_model.config import DMNConfig, preset
 from dmn_model.network import DMN
+from dmn_model.sru import exclude_recurrence_from_compile
 
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_from_main, unwrap
 from .evaluate import autocast_context, enable_tf32, check_split, predict, vocab_sha256
@@ -119,7 +120,7 @@ class TrainConfig:
 #: filters + decomposed 1×1 conv) and the upsampling module, each on its own; the recurrent nets
 #: stay eager (the SRU is a fused kernel / loop already, cuDNN runs the LSTM). ``all``: the whole
 #: model as one ``torch.compile`` (DDP included), the old ``--compile``; the SRU recurrence is
-#: still left out (``torch.compiler.disable``): tracing its step loop made compiling the paper
+#: still left out (``exclude_recurrence_from_compile``): tracing its step loop made compiling the paper
 #: model take minutes.
 COMPILE_MODES = ("none", "backbone", "all")
 
@@ -130,6 +131,8 @@ def compile_model(model: DMN, train_model: nn.Module, mode: str) -> nn.Module:
     ``backbone`` compiles ``model``'s submodules in place (``nn.Module.compile``: state dict keys
     unchanged), so evaluation runs them compiled too; ``all`` wraps ``train_model``.
     """
+    if mode != "none":
+        exclude_recurrence_from_compile()
     if mode == "all":
         return torch.compile(train_model)
     if mode == "backbone":

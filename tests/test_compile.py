@@ -40,3 +40,19 @@ def test_all_and_none_modes():
     wrapped = compile_model(model, model, "all")
     assert isinstance(wrapped, torch._dynamo.eval_frame.OptimizedModule)
     assert wrapped._orig_mod is model
+
+
+def test_compiling_excludes_the_sru_recurrence_but_importing_does_not_load_dynamo():
+    import subprocess
+    import sys
+    code = ("import sys, dmn_model, dmn_model.sru as s; "
+            "assert 'torch._dynamo' not in sys.modules; "
+            "assert not getattr(s.sru_recurrence, '_dmn_eager', False)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    from dmn_model import sru
+    model = DMN(preset("tiny"), 50)
+    compile_model(model, model, "backbone")
+    assert sru.sru_recurrence._dmn_eager
+    first = sru.sru_recurrence
+    compile_model(model, model, "all")
+    assert sru.sru_recurrence is first  # idempotent
