@@ -13,7 +13,8 @@ sequences. Variants:
 - ``fused loop``: :func:`dmn_model.sru.sru_recurrence` with ``DMN_SRU_BACKEND=loop``;
 - ``fused triton``: the same with the Triton kernels (CUDA only).
 
-Prints a markdown table: forward + backward time (fastest of the repeats after one warm-up),
+Prints a markdown table: forward + backward wall and CPU time (fastest of the repeats after one
+warm-up; the variants take turns),
 the bytes autograd saves for backward (distinct non-parameter storages, counted with
 ``torch.autograd.graph.saved_tensors_hooks``: the activation memory held between forward and
 backward) and, on CUDA, the peak memory of the step.
@@ -75,9 +76,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(name: str, rnn: sru_module.SRU, x: torch.Tensor, mask: torch.Tensor, amp: bool,
-            repeats: int) -> tuple[float, int, int | None]:
-    """(seconds per forward + backward, saved bytes, CUDA peak bytes or None) for ``name``."""
+def measure(names: list[str], rnn: sru_module.SRU, x: torch.Tensor, mask: torch.Tensor,
+            amp: bool, repeats: int) -> dict[str, tuple[float, float, int, int | None]]:
+    """Per variant: (wall s, CPU s per forward + backward, saved bytes, CUDA peak bytes or None).
+
+    The variants take turns, repeat after repeat, and each keeps its fastest time, so that load
+    from other jobs spreads over all of them instead of favouring whichever ran first. CPU time
+    is user + system time of this process (less sensitive to time-sharing than wall time).
+    """
     device = x.device
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if amp
                 else contextlib.nullcontext())
@@ -92,26 +98,35 @@ def measure(name: str, rnn: sru_module.SRU, x: torch.Tensor, mask: torch.Tensor,
         x.grad = None
         forward().backward()
 
-    with variant(name):
-        step()  # warm-up (and Triton's compilation)
-        times = []
-        for _ in range(repeats):
-            _sync(device)
-            start = time.perf_counter()
-            step()
-            _sync(device)
-            times.append(time.perf_counter() - start)
-        saved = saved_bytes(forward, rnn)
-        peak = None
-        if device.type == "cuda":
-            rnn.zero_grad(set_to_none=True)
-            x.grad = None
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            step()
-            _sync(device)
-            peak = torch.cuda.max_memory_allocated(device) - base
-    return min(times), saved, peak
+    best = {name: [float("inf"), float("inf")] for name in names}
+    for name in names:
+        with variant(name):
+            step()  # warm-up (and Triton's compilation)
+    for _ in range(repeats):
+        for name in names:
+            with variant(name):
+                _sync(device)
+                cpu_start, start = time.process_time(), time.perf_counter()
+                step()
+                _sync(device)
+                cpu_end = time.process_time()
+            best[name][0] = min(best[name][0], time.perf_counter() - start)
+            best[name][1] = min(best[name][1], cpu_end - cpu_start)
+    results = {}
+    for name in names:
+        with variant(name):
+            saved = saved_bytes(forward, rnn)
+            peak = None
+            if device.type == "cuda":
+                rnn.zero_grad(set_to_none=True)
+                x.grad = None
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device)
+                step()
+                _sync(device)
+                peak = torch.cuda.max_memory_allocated(device) - base
+        results[name] = (best[name][0], best[name][1], saved, peak)
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,10 +161,10 @@ def main(argv: list[str] | None = None) -> None:
               + f"; SRU {mixed} → {hidden} × {layers} layers, T = {args.words}, "
               f"{args.cells} cells per image, sentence lengths T, T-2, T-4, …")
     rows = [header, "",
-            "| batch | N = batch·cells | dtype | variant | fwd+bwd ms | saved MiB | "
-            "saved vs per-step | time vs per-step |" + (" peak MiB |" if device.type == "cuda"
-                                                        else ""),
-            "|---|---|---|---|---|---|---|---|" + ("---|" if device.type == "cuda" else "")]
+            "| batch | N = batch·cells | dtype | variant | fwd+bwd wall ms | fwd+bwd CPU ms | "
+            "saved MiB | saved vs per-step | CPU time vs per-step |"
+            + (" peak MiB |" if device.type == "cuda" else ""),
+            "|---|---|---|---|---|---|---|---|---|" + ("---|" if device.type == "cuda" else "")]
     print(rows[0], file=sys.stderr, flush=True)
     for batch in args.batch:
         torch.manual_seed(0)
@@ -159,12 +174,13 @@ def main(argv: list[str] | None = None) -> None:
         lengths = (args.words - 2 * torch.arange(n) % args.words).clamp(min=1).to(device)
         mask = torch.arange(args.words, device=device)[:, None] >= lengths[None, :]
         for dtype in dtypes:
-            base = None
+            results = measure(names, rnn, x, mask, dtype == "bf16", args.repeats)
+            _, base_cpu, base_saved, _ = results[names[0]]
             for name in names:
-                secs, saved, peak = measure(name, rnn, x, mask, dtype == "bf16", args.repeats)
-                base = base or (secs, saved)
-                row = (f"| {batch} | {n} | {dtype} | {name} | {secs * 1e3:.1f} | "
-                       f"{saved / 2 ** 20:.1f} | {saved / base[1]:.2f}× | {secs / base[0]:.2f}× |")
+                wall, cpu, saved, peak = results[name]
+                row = (f"| {batch} | {n} | {dtype} | {name} | {wall * 1e3:.1f} | {cpu * 1e3:.1f} | "
+                       f"{saved / 2 ** 20:.1f} | {saved / base_saved:.2f}× | "
+                       f"{cpu / base_cpu:.2f}× |")
                 if peak is not None:
                     row += f" {peak / 2 ** 20:.0f} |"
                 rows.append(row)
