@@ -41,6 +41,12 @@ class Schedule(str, Enum):
     cosine = "cosine"
 
 
+class CompileMode(str, Enum):
+    none = "none"
+    backbone = "backbone"
+    all = "all"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -123,7 +129,11 @@ def train_cmd(
     workers: Annotated[Optional[int], Opt("--workers", "-j", "--num-workers", help="Data loading processes.")] = None,
     device: Annotated[Optional[Device], Opt(help="auto = this process's GPU if any, else CPU.")] = None,
     amp: Annotated[Optional[bool], Opt("--amp/--no-amp", help="bf16 autocast (default: on for CUDA, off on CPU; --amp also works on CPU).")] = None,
-    compile: Annotated[Optional[bool], Opt("--compile/--no-compile", help="torch.compile the model.")] = None,
+    compile: Annotated[Optional[CompileMode], Opt(
+        help="torch.compile: backbone = the backbone, the fusion and the upsampling module, each "
+             "on its own (the recurrent nets stay eager: they are a fused kernel already); all = "
+             "the whole model in one graph (slow to compile; the SRU recurrence is still left "
+             "out); none = eager. Default none.")] = None,
     progress: Annotated[Optional[bool], Opt("--progress/--no-progress", help="Progress bar.")] = None,
     verify_sha256: Annotated[Optional[bool], Opt("--verify-sha256/--no-verify-sha256",
                                                  help="Check each shard's sha256 against the manifest as it is read.")] = None,
@@ -145,7 +155,7 @@ def train_cmd(
         log_every=log_every, eval_every=eval_every, save_every=save_every,
         eval_batches=eval_batches, eval_batch_size=eval_batch_size, threshold=threshold,
         seed=seed, workers=workers, device=device.value if device else None, amp=amp,
-        compile=compile, progress=progress, verify_sha256=verify_sha256)
+        compile=compile.value if compile else None, progress=progress, verify_sha256=verify_sha256)
     if fetch_weights:
         fetch_backbone_weights(model_config(preset.value, **model_overrides),
                                train_config(preset.value, "", pretrained=pretrained).pretrained)

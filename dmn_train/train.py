@@ -33,6 +33,7 @@ from dmn_model.checkpoint import CheckpointError
 from dmn_model.config import DMNConfig, preset
 from dmn_model.network import DMN
 from dmn_model.pretrained import BackboneWeights, load_backbone_weights, resolve_weights
+from dmn_model.sru import exclude_recurrence_from_compile
 
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_from_main, unwrap
 from .evaluate import autocast_context, enable_tf32, check_split, predict, vocab_sha256
@@ -89,7 +90,7 @@ class TrainConfig:
     # Runtime.
     device: str = "auto"  # auto | cpu | cuda
     amp: bool | None = None  # bf16 autocast: True = on (CUDA or CPU), None = on for CUDA only
-    compile: bool = False  # torch.compile the model
+    compile: str = "none"  # torch.compile: none | backbone | all (see COMPILE_MODES)
     progress: bool = True  # progress bar on rank 0
     verify_sha256: bool = True  # hash each shard as it is read, against the manifest
 
@@ -102,6 +103,11 @@ class TrainConfig:
                      "eval_batch_size", "workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if isinstance(self.compile, bool):  # config.json of runs from before the modes
+            object.__setattr__(self, "compile", "backbone" if self.compile else "none")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"--compile must be one of {', '.join(COMPILE_MODES)}, "
+                             f"got {self.compile!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
@@ -113,6 +119,34 @@ class TrainConfig:
         for name in ("grad_clip", "aux_weight"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
+
+
+#: ``--compile`` modes. ``backbone``: ``torch.compile`` the visual backbone, the fusion (dynamic
+#: filters + decomposed 1×1 conv) and the upsampling module, each on its own; the recurrent nets
+#: stay eager (the SRU is a fused kernel / loop already, cuDNN runs the LSTM). ``all``: the whole
+#: model as one ``torch.compile`` (DDP included), the old ``--compile``; the SRU recurrence is
+#: still left out (``exclude_recurrence_from_compile``): tracing its step loop made compiling the paper
+#: model take minutes.
+COMPILE_MODES = ("none", "backbone", "all")
+
+
+def compile_model(model: DMN, train_model: nn.Module, mode: str) -> nn.Module:
+    """Apply ``--compile mode`` and return the module to train with.
+
+    ``backbone`` compiles ``model``'s submodules in place (``nn.Module.compile``: state dict keys
+    unchanged), so evaluation runs them compiled too; ``all`` wraps ``train_model``.
+    """
+    if mode != "none":
+        exclude_recurrence_from_compile()
+    if mode == "all":
+        return torch.compile(train_model)
+    if mode == "backbone":
+        model.backbone.compile()
+        # fused_input is a method, not a forward: compile it as a bound function on this instance
+        model.synthesis.fused_input = torch.compile(model.synthesis.fused_input)
+        if model.upsampling is not None:
+            model.upsampling.compile()
+    return train_model
 
 
 #: Training-side presets; the model side is ``dmn_model.config.preset`` of the same name.
@@ -370,8 +404,7 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
         train_model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=unused)
-    if cfg.compile:
-        train_model = torch.compile(train_model)
+    train_model = compile_model(model, train_model, cfg.compile)
     autocast = autocast_context(cfg.amp, device)
     enable_tf32(device)
 

@@ -71,3 +71,19 @@ def test_train_and_evaluate_under_cpu_bf16(shards: Path, tmp_path: Path, overrid
                                       out=str(tmp_path / f"eval-{amp}")),
                            DistInfo(), CPU, log=lambda m: None)
         assert 0 <= metrics["fixed"]["overall_iou"] <= 1 and metrics["sentences"] > 0
+
+
+def test_lstm_under_cpu_bf16_autocast_runs_in_fp32():
+    from dmn_model.sru import LSTM
+    torch.manual_seed(0)
+    rnn = LSTM(8, 16, 2)
+    x = torch.randn(6, 3, 8, requires_grad=True)
+    mask = torch.zeros(6, 3, dtype=torch.bool)
+    mask[4:, 1] = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h, c = rnn(x, mask)
+    assert h.dtype == c.dtype == torch.float32
+    ref_h, ref_c = rnn(x, mask)
+    assert torch.equal(h, ref_h) and torch.equal(c, ref_c)
+    h.sum().backward()
+    assert torch.isfinite(x.grad).all()

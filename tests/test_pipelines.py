@@ -87,3 +87,17 @@ def test_paper_recipe_checks_backbone_weights_first(tmp_path):
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "resnet18.a1_in1k" in errors[0] and "--fetch-weights" in errors[0]
     assert not (tmp_path / "shards").exists() and not (tmp_path / "runs").exists()
+
+
+def test_gpu_check_refuses_without_cuda_and_bad_options(tmp_path):
+    # The full --cpu dry run takes minutes on 2 cores (docs/gpu.md): here only its guards.
+    r = _run(["bash", REPO / "pipelines/gpu_check.sh", "--bogus"], tmp_path)
+    assert r.returncode == 2 and "unknown option --bogus" in r.stderr
+    import torch
+    if not torch.cuda.is_available():
+        r = _run(["bash", REPO / "pipelines/gpu_check.sh", "--work", tmp_path / "gc",
+                  "--python", sys.executable], REPO)
+        assert r.returncode == 2
+        assert r.stderr.strip().splitlines()[-1] == (
+            f"error: {sys.executable} sees no CUDA device (use --cpu for a dry run on the CPU)")
+        assert not (tmp_path / "gc" / "summary.md").exists()

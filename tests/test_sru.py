@@ -74,30 +74,86 @@ def test_make_rnn_picks_the_cell():
     assert isinstance(make_rnn(True, 3, 4, 1), LSTM)
 
 
-def _loop_recurrence(x_tilde, forget, mask_pad):
-    """The per-step lerp/where loop the SRU used before the fused autograd function."""
-    c = x_tilde.new_zeros(x_tilde.shape[1:])
-    cells = []
-    for t in range(x_tilde.shape[0]):
-        c = torch.where(mask_pad[t, :, None], c, torch.lerp(x_tilde[t], c, forget[t]))
-        cells.append(c)
-    return torch.stack(cells)
-
-
-def test_fused_recurrence_matches_the_loop_and_gradchecks():
-    from dmn_model.sru import sru_recurrence
-    torch.manual_seed(0)
-    steps, batch, hidden = 6, 3, 5
-    x_tilde = torch.randn(steps, batch, hidden, dtype=torch.float64, requires_grad=True)
-    forget = torch.rand(steps, batch, hidden, dtype=torch.float64, requires_grad=True)
+def _recurrence_inputs(k: int, dtype=torch.float64, steps=6, batch=3, hidden=5, seed=0):
+    """u, bias, highway (k = 3 only) and a padded mask (one full, two shorter sequences)."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(steps, batch, k, hidden, generator=gen, dtype=dtype).requires_grad_()
+    bias = torch.randn(2, hidden, generator=gen, dtype=dtype).requires_grad_()
+    highway = (torch.randn(steps, batch, hidden, generator=gen, dtype=dtype).requires_grad_()
+               if k == 3 else None)
     mask = torch.zeros(steps, batch, dtype=torch.bool)
-    mask[4:, 1] = True
-    mask[5:, 2] = True
-    fused, loop = sru_recurrence(x_tilde, forget, mask), _loop_recurrence(x_tilde, forget, mask)
-    assert torch.equal(fused, loop)
-    grad = torch.randn_like(fused)
-    for a, b in zip(torch.autograd.grad(fused, (x_tilde, forget), grad),
-                    torch.autograd.grad(loop, (x_tilde, forget), grad)):
-        assert torch.allclose(a, b, rtol=0, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda x, f: sru_recurrence(x, f, mask), (x_tilde, forget))
-    assert torch.autograd.gradcheck(lambda x, f: sru_recurrence(x, f, None), (x_tilde, forget))
+    mask[steps - 2:, 1] = True
+    mask[steps - 1:, 2] = True
+    return u, bias, highway, mask
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_fused_recurrence_matches_per_step_ops_and_gradchecks(k, monkeypatch):
+    from dmn_model.sru import reference_sru_recurrence, sru_recurrence
+    monkeypatch.setenv("DMN_SRU_BACKEND", "loop")
+    u, bias, highway, mask = _recurrence_inputs(k)
+    inputs = [t for t in (u, bias, highway) if t is not None]
+    fused = sru_recurrence(u, bias, highway, mask)
+    ref = reference_sru_recurrence(u, bias, highway, mask)
+    for a, b in zip(fused, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+    grads = [torch.randn_like(fused[0]), torch.randn_like(fused[1])]
+    for a, b in zip(torch.autograd.grad(fused, inputs, grads),
+                    torch.autograd.grad(ref, inputs, grads)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert torch.all(fused[0][mask] == 0)
+
+    def run(mask_pad):
+        def fn(*args):
+            args = list(args)
+            return sru_recurrence(args[0], args[1], args[2] if k == 3 else None, mask_pad)
+        return fn
+    assert torch.autograd.gradcheck(run(mask), inputs)
+    assert torch.autograd.gradcheck(run(None), inputs)
+
+
+def test_fused_recurrence_saves_less_than_per_step_ops():
+    from dmn_model.sru import reference_sru_recurrence, sru_recurrence
+    u, bias, _, mask = _recurrence_inputs(4, torch.float32, steps=10, batch=8, hidden=32)
+
+    def saved(fn) -> int:
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn(u, bias, None, mask)
+        return sum(storages.values())
+    fused, ref = saved(sru_recurrence), saved(reference_sru_recurrence)
+    cells = u[:, :, 0].numel() * 4
+    assert fused <= u.numel() * 4 + cells + 4096  # u, cells, the mask and the bias only
+    assert ref >= fused + 2 * cells  # the reference also keeps f, r, tanh(c) per step
+
+
+def test_unknown_backend_is_a_clear_error(monkeypatch):
+    from dmn_model.sru import sru_recurrence
+    monkeypatch.setenv("DMN_SRU_BACKEND", "cudnn")
+    u, bias, _, mask = _recurrence_inputs(4)
+    with pytest.raises(ValueError, match="DMN_SRU_BACKEND must be one of auto, loop, triton"):
+        sru_recurrence(u, bias, None, mask)
+
+
+def test_bench_sru_quick(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "pipelines" / "bench_sru.py"
+    spec = importlib.util.spec_from_file_location("bench_sru", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--quick", "--threads", "1", "--out", str(tmp_path / "t.md")])
+    finally:
+        torch.set_num_threads(threads)
+    rows = [r for r in (tmp_path / "t.md").read_text().splitlines() if r.startswith("| 1 |")]
+    assert [r.split(" | ")[2:4] for r in rows] == [
+        ["fp32", "per-step ops"], ["fp32", "fused loop"], ["bf16", "per-step ops"],
+        ["bf16", "fused loop"]]
+    for ref, fused in (rows[:2], rows[2:]):  # the fused recurrence saves less
+        assert float(fused.split(" | ")[6]) < float(ref.split(" | ")[6])
