@@ -58,7 +58,7 @@ def test_train_and_evaluate_under_cpu_bf16(shards: Path, tmp_path: Path, overrid
     out = tmp_path / "runs" / "amp"
     cfg = train_config("tiny", str(shards), out=str(out), size=SIZE, batch_size=4, workers=0,
                        steps=3, log_every=1, eval_every=3, eval_batches=1, eval_batch_size=4,
-                       progress=False, amp=True)
+                       progress=False, amp=True, pretrained="none")
     result = train(cfg, model_config("tiny", **overrides), DistInfo(), CPU, log=lambda m: None)
     assert result.step == 3
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
