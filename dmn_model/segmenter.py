@@ -405,23 +405,22 @@ def _orig_size(image: Any, rgb: np.ndarray, exif_transpose: bool) -> tuple[int, 
         return im.height, im.width
 
 
-def _capture(store: dict[str, torch.Tensor]):
+def _capture(store: dict[str, torch.Tensor | None]):
     """A forward pre-hook on ``Synthesis`` keeping the tensors its dynamic filters read."""
     def hook(module, args, kwargs):
-        names = ("vis", "emb", "hid")
-        values = list(args[:3]) + [kwargs[n] for n in names[len(args[:3]):]]
-        store.update(zip(names, values))
+        names = ("vis", "emb", "hid", "mask_pad", "lengths", "image_index")
+        values = dict(zip(names, args)) | kwargs
+        store.update({n: values.get(n) for n in ("vis", "emb", "hid", "image_index")})
     return hook
 
 
-def _word_responses(model: DMN, captured: dict[str, torch.Tensor]) -> torch.Tensor:
+def _word_responses(model: DMN, captured: dict[str, torch.Tensor | None]) -> torch.Tensor:
     """Each word's K dynamic filters applied to the visual map, averaged over K:
     ``(B, T, h, w)`` float32, from the very tensors the forward pass used."""
     vis, emb, hid = (captured[k].float() for k in ("vis", "emb", "hid"))
     filters = model.synthesis.dynamic_filters(emb, hid)  # (B, T, K, C)
-    batch, steps, k, channels = filters.shape
-    responses = torch.bmm(filters.reshape(batch, steps * k, channels), vis.flatten(2))
-    return responses.view(batch, steps, k, *vis.shape[-2:]).mean(dim=2)
+    responses = model.synthesis.responses(vis, filters, captured["image_index"])  # (T, B, P, K)
+    return responses.mean(dim=-1).transpose(0, 1).reshape(*filters.shape[:2], *vis.shape[-2:])
 
 
 def _unit(x: torch.Tensor) -> np.ndarray:
