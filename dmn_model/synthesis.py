@@ -144,67 +144,84 @@ class Synthesis(nn.Module):
     def _forward_sru(self, vis: Tensor, emb: Tensor, hid: Tensor, mask_pad: Tensor,
                      lengths: Tensor, image_index: Tensor | None) -> Tensor:
         """:meth:`recur` of :meth:`fused_input` for the SRU, without building ``M_t``'s
-        projection cell by cell.
+        projection cell by cell, and without computing anything at padded steps.
 
         The first SRU layer only ever multiplies ``M_t`` by its weight ``U``, and
         ``U M_t = (U W_V) V + U (W_e e_t + W_h h_t + b) + (U W_F) F_t``: a per-image term (once
         per image, not per sentence and word), a per-word vector, and K channels per cell.
-        Later layers project only the cells of real words (padding is carried over by the
-        recurrence and ignored anyway), and the last layer computes its reset gate and
-        highway only at each sentence's last word, the one that is read.
+        Sentences of equal length run together, so no padded step is projected or recurred
+        (a sentence's output does not depend on its padding). The last layer computes its
+        reset gate and highway only at the last word, the one that is read.
         """
         steps, batch = emb.shape[:2]
         height, width = vis.shape[-2:]
-        cells = height * width
-        valid = ~mask_pad  # (T, B)
-        cell_mask = mask_pad[:, :, None].expand(steps, batch, cells).reshape(steps, -1)
         w_vis, w_emb, w_hid, w_resp = self.fuse.weight.flatten(1).split(self.split, dim=1)
-        layers = list(self.mrnn.layers)
-        first = layers[0]
+        first = self.mrnn.layers[0]
         w_first = first.weight.flatten(1)  # (mixed, k·H)
         visual = self._visual(vis, w_vis)  # (N, P, mixed)
+        visual_u = visual @ w_first  # (N, P, k·H): the first layer's image term
         words = F.linear(emb, w_emb) + F.linear(hid, w_hid, self.fuse.bias)  # (T, B, mixed)
-        responses = self.responses(vis, self._valid_filters(emb, hid, valid), image_index)
-        u = (_take(visual @ w_first, image_index)[None]  # (1, B, P, k·H)
-             + (words @ w_first)[:, :, None]  # (T, B, 1, k·H)
-             + responses @ (w_resp.t() @ w_first))  # (T, B, P, k·H)
-        # k == 3: the highway is M_t itself (the input size is the hidden size).
-        x = None if first.k == 4 else (_take(visual, image_index)[None] + words[:, :, None]
-                                       + F.linear(responses, w_resp))
-        last = lengths - 1
+        words_u = words @ w_first  # (T, B, k·H)
+        responses = self.responses(vis, self._valid_filters(emb, hid, ~mask_pad), image_index)
+        responses_u = w_resp.t() @ w_first  # (K, k·H)
+        index = (image_index if image_index is not None
+                 else torch.arange(batch, device=emb.device))
+        out = None
+        groups = torch.unique(lengths).tolist()
+        for length in groups:
+            rows = (lengths == length).nonzero().flatten() if len(groups) > 1 else None
+            sel = (lambda t: t) if rows is None else (lambda t: t.index_select(1, rows))
+            image = index if rows is None else index[rows]
+            resp = sel(responses[:length])  # (L, b, P, K)
+            u = torch.baddbmm(  # visual + words + responses, the last one accumulated in place
+                (visual_u.index_select(0, image)[None] + sel(words_u[:length])[:, :, None])
+                .flatten(0, 1), resp.flatten(0, 1),
+                responses_u.expand(resp.shape[0] * resp.shape[1], -1, -1))
+            # k == 3: the highway is M_t itself (the input size is the hidden size).
+            x = None if first.k == 4 else (visual.index_select(0, image)[None]
+                                           + sel(words[:length])[:, :, None]
+                                           + F.linear(resp, w_resp))
+            result = self._recur_unpadded(u.view(*resp.shape[:3], -1), x)
+            out = result if rows is None else (
+                result.new_zeros(batch, *result.shape[1:]) if out is None else out
+            ).index_copy(0, rows, result)
+        return out.view(batch, height, width, -1).permute(0, 3, 1, 2)
+
+    def _recur_unpadded(self, u: Tensor, x: Tensor | None) -> Tensor:
+        """The SRU stack over sentences without padding, from the first layer's projection
+        ``u (L, b, P, k·H)`` (and its input ``x (L, b, P, mixed)`` when that is the highway,
+        else None) → the last layer's state at the last word ``(b, P, hid_mixed)``.
+
+        The steps of :class:`dmn_model.sru.SRULayer`, the projection excepted.
+        """
+        steps, batch, cells = u.shape[:3]
+        layers = list(self.mrnn.layers)
         for i, layer in enumerate(layers):
             final = i == len(layers) - 1
             if i > 0:
                 # The last layer's reset gate and highway are only read at the last word.
                 weight = layer.weight[:, :2] if final else layer.weight
-                proj = x[valid] @ weight.flatten(1)  # (real words, P, ·)
-                u = proj.new_zeros(steps, batch, cells, proj.shape[-1]).index_put((valid,), proj)
+                u = x @ weight.flatten(1)
             u = u.view(steps, batch * cells, -1, layer.hidden_size)
             state_dtype = torch.promote_types(u.dtype, torch.float32)
             u = u.to(state_dtype)
             forget = torch.sigmoid(u[:, :, 1] + layer.bias[0].to(state_dtype))
-            cells_c = sru_recurrence(u[:, :, 0], forget, cell_mask)
-            if not final:
-                reset = torch.sigmoid(u[:, :, 2] + layer.bias[1].to(state_dtype))
-                highway = u[:, :, 3] if layer.k == 4 else x.reshape(u.shape[:2] + (-1,)).to(
-                    state_dtype)
-                h = torch.lerp(highway, torch.tanh(cells_c), reset)
-                x = h.masked_fill(cell_mask[:, :, None], 0.0).view(steps, batch, cells, -1)
-                continue
-            # Padded steps carry the cell state, so the last row is each sentence's final c.
-            c_last = cells_c[-1].view(batch, cells, -1)
-            arange = torch.arange(batch, device=u.device)
-            if i == 0:
-                x_last = None if x is None else x[last, arange]
-                gates = u.view(steps, batch, cells, layer.k, -1)[last, arange, :, 2:]
-            else:
-                x_last = x[last, arange]  # (B, P, in)
-                gates = (x_last @ layer.weight[:, 2:].flatten(1)).view(
-                    batch, cells, layer.k - 2, layer.hidden_size).to(state_dtype)
-            reset = torch.sigmoid(gates[:, :, 0] + layer.bias[1].to(state_dtype))
-            highway = gates[:, :, 1] if layer.k == 4 else x_last.to(state_dtype)
-            out = torch.lerp(highway, torch.tanh(c_last), reset)  # (B, P, hid_mixed)
-        return out.view(batch, height, width, -1).permute(0, 3, 1, 2)
+            cells_c = sru_recurrence(u[:, :, 0], forget, None)
+            if final:
+                break
+            reset = torch.sigmoid(u[:, :, 2] + layer.bias[1].to(state_dtype))
+            highway = (u[:, :, 3] if layer.k == 4
+                       else x.reshape(steps, batch * cells, -1).to(state_dtype))
+            x = torch.lerp(highway, torch.tanh(cells_c), reset).view(steps, batch, cells, -1)
+        x_last = None if x is None else x[-1]  # (b, P, in)
+        if i == 0:
+            gates = u[-1, :, 2:].view(batch, cells, layer.k - 2, -1)
+        else:
+            gates = (x_last @ layer.weight[:, 2:].flatten(1)).view(
+                batch, cells, layer.k - 2, layer.hidden_size).to(state_dtype)
+        reset = torch.sigmoid(gates[:, :, 0] + layer.bias[1].to(state_dtype))
+        highway = gates[:, :, 1] if layer.k == 4 else x_last.to(state_dtype)
+        return torch.lerp(highway, torch.tanh(cells_c[-1].view(batch, cells, -1)), reset)
 
     def _valid_filters(self, emb: Tensor, hid: Tensor, valid: Tensor) -> Tensor:
         """:meth:`dynamic_filters` for real words only (zeros at padding): ``(B, T, K, C)``."""
