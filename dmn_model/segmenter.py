@@ -35,6 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dmn_data.keys import PAD_ID, UNK_ID
@@ -44,7 +45,7 @@ from dmn_data.transforms import decode_resized, resized_shape
 from .checkpoint import CheckpointError, load_checkpoint, load_weights, run_checkpoint
 from .config import DMNConfig
 from .network import DMN
-from .postprocess import binary_mask, original_logits, to_input_size
+from .postprocess import binary_mask, original_logits, original_logits_batch, to_input_size
 
 FOLDER_FORMAT = "dmn-model/1"
 CONFIG_NAME, WEIGHTS_NAME, VOCAB_NAME, CARD_NAME = (
@@ -351,20 +352,24 @@ class Segmenter:
         side = (self.input_size, self.input_size)
         logits = to_input_size(logits, side)
         responses = _word_responses(self.model, captured) if explain else None
+        # All phrases at once: the same per-phrase maps, in one call per step.
+        all_probs = torch.sigmoid(original_logits_batch(logits, resized, orig))  # (B, H, W)
+        all_masks = binary_mask(all_probs, thr)
+        # threshold keeps x where x > thr, the binary_mask rule: the sum inside each mask.
+        sums = F.threshold(all_probs, thr, 0.0).flatten(1).sum(1).tolist()
+        all_probs, all_masks = all_probs.cpu().numpy(), all_masks.cpu().numpy()
+        counts = np.count_nonzero(all_masks.reshape(len(phrases), -1), axis=1).tolist()
         out = []
         for i, (phrase, (toks, _, unknown)) in enumerate(zip(phrases, encoded)):
-            probs = torch.sigmoid(original_logits(logits[i:i + 1], resized, orig))
-            mask = binary_mask(probs, thr)
-            inside = probs[mask]
-            score = float(inside.mean()) if inside.numel() else 0.0
+            probs, mask = all_probs[i], all_masks[i]
+            score = sums[i] / counts[i] if counts[i] else 0.0
             words = None
             if responses is not None:
                 words = [(tok, _unit(original_logits(
                     to_input_size(responses[i:i + 1, t:t + 1], side), resized, orig)))
                     for t, tok in enumerate(toks)]
             out.append(Prediction(phrase=phrase, tokens=toks, unknown_words=unknown,
-                                  probs=probs.float().cpu().numpy(), mask=mask.cpu().numpy(),
-                                  score=score, explain=words))
+                                  probs=probs, mask=mask, score=score, explain=words))
         return out
 
     def _autocast(self):
