@@ -143,13 +143,14 @@ def test_one_image_encoded_once_serves_many_sentences(high_res):
     torch.testing.assert_close(shared, per_pair)
 
 
-@pytest.mark.parametrize("high_res,freeze", [(False, False), (True, False), (True, True)])
-def test_eight_sentences_on_two_images_equal_per_sentence_forward(high_res, freeze):
+@pytest.mark.parametrize("high_res,freeze,lstm", [(False, False, False), (True, False, False),
+                                                  (True, True, False), (True, False, True)])
+def test_eight_sentences_on_two_images_equal_per_sentence_forward(high_res, freeze, lstm):
     """segment's per-image terms, gathered by image_index, give the values and gradients of
     the forward pass on each sentence's own copy of its image (odd, non-square input)."""
     torch.manual_seed(0)
-    model = DMN(_small(high_res=high_res, freeze=freeze, mixed_layers=2, hid_mixed_size=6),
-                VOCAB).eval()
+    model = DMN(_small(high_res=high_res, freeze=freeze, lstm=lstm, mixed_layers=2,
+                       hid_mixed_size=6), VOCAB).eval()
     gen = torch.Generator().manual_seed(3)
     images = torch.randint(0, 256, (2, 3, 70, 90), dtype=torch.uint8, generator=gen)
     tokens = torch.randint(1, VOCAB, (8, 5), generator=gen)
