@@ -145,18 +145,23 @@ class DMN(nn.Module):
             raise ValueError(f"lengths must be in 1..{steps} (tokens.shape[1]), "
                              f"got {lengths.tolist()}")
         maps = features.maps
-        if image_index is not None:
-            maps = [f.index_select(0, image_index) for f in maps]
-        elif maps[-1].shape[0] != tokens.shape[0]:
-            raise ValueError(f"{tokens.shape[0]} sentences for {maps[-1].shape[0]} images: "
+        images = maps[-1].shape[0]
+        if image_index is None and images != tokens.shape[0]:
+            raise ValueError(f"{tokens.shape[0]} sentences for {images} images: "
                              "pass image_index")
+        if image_index is not None and image_index.numel() and not bool(
+                ((image_index >= 0) & (image_index < images)).all()):
+            raise ValueError(f"image_index must be in 0..{images - 1}, got "
+                             f"{image_index.tolist()}")
+        # Image-only work (coordinates, the visual fusion term, the skip terms of the
+        # upsampling convs) runs on the N images; only per-sentence results are gathered.
         with self._frozen():
-            multimodal = self._multimodal(maps[-1], tokens, lengths)
+            multimodal = self._multimodal(maps[-1], tokens, lengths, image_index)
             lowres = self.collapse(multimodal)
         if self.upsampling is None:
             return (lowres, lowres) if return_aux else lowres
         skips = [maps[j] for j in self.skip_index]
-        logits = self.upsampling(multimodal, skips)
+        logits = self.upsampling(multimodal, skips, image_index)
         if logits.shape[-2:] != features.size:
             logits = F.interpolate(logits, size=features.size, mode="bilinear",
                                    align_corners=False)
@@ -167,16 +172,18 @@ class DMN(nn.Module):
         frozen = self.config.freeze and torch.is_grad_enabled()
         return torch.no_grad() if frozen else contextlib.nullcontext()
 
-    def _multimodal(self, top: Tensor, tokens: Tensor, lengths: Tensor) -> Tensor:
-        """``top (B, C, h, w)`` top backbone feature → multimodal map ``(B, hid_mixed, h, w)``."""
-        batch, _, height, width = top.shape
+    def _multimodal(self, top: Tensor, tokens: Tensor, lengths: Tensor,
+                    image_index: Tensor | None = None) -> Tensor:
+        """``top (N, C, h, w)`` top backbone feature of ``N`` images, ``B`` sentences →
+        multimodal map ``(B, hid_mixed, h, w)``."""
+        images, _, height, width = top.shape
         coords = spatial_coords(height, width, device=top.device, dtype=top.dtype)
-        vis = torch.cat([top, coords.expand(batch, -1, -1, -1)], dim=1)
+        vis = torch.cat([top, coords.expand(images, -1, -1, -1)], dim=1)
         steps = tokens.shape[1]
         mask_pad = torch.arange(steps, device=tokens.device)[:, None] >= lengths[None, :]
         emb = self.embedding(tokens.t())  # (T, B, E)
         hid, _ = self.language(emb, mask_pad)  # (T, B, H)
-        return self.synthesis(vis, emb, hid, mask_pad, lengths)
+        return self.synthesis(vis, emb, hid, mask_pad, lengths, image_index)
 
     def param_counts(self) -> dict[str, int]:
         """Parameters per module: backbone, language (embedding + RNN), synthesis, upsampling

@@ -28,10 +28,18 @@ def original_logits(logits: Tensor, resized_size: tuple[int, int], orig_size: tu
 
     Bilinear resizing commutes with nothing non-linear, so it is done on the logits and the
     sigmoid comes after, as in training's loss."""
+    return original_logits_batch(logits, resized_size, orig_size)[0]
+
+
+def original_logits_batch(logits: Tensor, resized_size: tuple[int, int],
+                          orig_size: tuple[int, int]) -> Tensor:
+    """:func:`original_logits` of ``(B, 1, S, S)`` logits of sentences about one image →
+    ``(B, H, W)`` (one interpolation call; each row is resized alone, so the values are
+    :func:`original_logits`' row by row)."""
     h, w = resized_size
     full = F.interpolate(logits[:, :, :h, :w], size=tuple(orig_size), mode="bilinear",
                          align_corners=False)
-    return full[0, 0]
+    return full[:, 0]
 
 
 def original_probs(logits: Tensor, resized_size: tuple[int, int], orig_size: tuple[int, int]

@@ -35,6 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dmn_data.keys import PAD_ID, UNK_ID
@@ -44,7 +45,7 @@ from dmn_data.transforms import decode_resized, resized_shape
 from .checkpoint import CheckpointError, load_checkpoint, load_weights, run_checkpoint
 from .config import DMNConfig
 from .network import DMN
-from .postprocess import binary_mask, original_logits, to_input_size
+from .postprocess import binary_mask, original_logits, original_logits_batch, to_input_size
 
 FOLDER_FORMAT = "dmn-model/1"
 CONFIG_NAME, WEIGHTS_NAME, VOCAB_NAME, CARD_NAME = (
@@ -351,20 +352,24 @@ class Segmenter:
         side = (self.input_size, self.input_size)
         logits = to_input_size(logits, side)
         responses = _word_responses(self.model, captured) if explain else None
+        # All phrases at once: the same per-phrase maps, in one call per step.
+        all_probs = torch.sigmoid(original_logits_batch(logits, resized, orig))  # (B, H, W)
+        all_masks = binary_mask(all_probs, thr)
+        # threshold keeps x where x > thr, the binary_mask rule: the sum inside each mask.
+        sums = F.threshold(all_probs, thr, 0.0).flatten(1).sum(1).tolist()
+        all_probs, all_masks = all_probs.cpu().numpy(), all_masks.cpu().numpy()
+        counts = np.count_nonzero(all_masks.reshape(len(phrases), -1), axis=1).tolist()
         out = []
         for i, (phrase, (toks, _, unknown)) in enumerate(zip(phrases, encoded)):
-            probs = torch.sigmoid(original_logits(logits[i:i + 1], resized, orig))
-            mask = binary_mask(probs, thr)
-            inside = probs[mask]
-            score = float(inside.mean()) if inside.numel() else 0.0
+            probs, mask = all_probs[i], all_masks[i]
+            score = sums[i] / counts[i] if counts[i] else 0.0
             words = None
             if responses is not None:
                 words = [(tok, _unit(original_logits(
                     to_input_size(responses[i:i + 1, t:t + 1], side), resized, orig)))
                     for t, tok in enumerate(toks)]
             out.append(Prediction(phrase=phrase, tokens=toks, unknown_words=unknown,
-                                  probs=probs.float().cpu().numpy(), mask=mask.cpu().numpy(),
-                                  score=score, explain=words))
+                                  probs=probs, mask=mask, score=score, explain=words))
         return out
 
     def _autocast(self):
@@ -405,23 +410,22 @@ def _orig_size(image: Any, rgb: np.ndarray, exif_transpose: bool) -> tuple[int, 
         return im.height, im.width
 
 
-def _capture(store: dict[str, torch.Tensor]):
+def _capture(store: dict[str, torch.Tensor | None]):
     """A forward pre-hook on ``Synthesis`` keeping the tensors its dynamic filters read."""
     def hook(module, args, kwargs):
-        names = ("vis", "emb", "hid")
-        values = list(args[:3]) + [kwargs[n] for n in names[len(args[:3]):]]
-        store.update(zip(names, values))
+        names = ("vis", "emb", "hid", "mask_pad", "lengths", "image_index")
+        values = dict(zip(names, args)) | kwargs
+        store.update({n: values.get(n) for n in ("vis", "emb", "hid", "image_index")})
     return hook
 
 
-def _word_responses(model: DMN, captured: dict[str, torch.Tensor]) -> torch.Tensor:
+def _word_responses(model: DMN, captured: dict[str, torch.Tensor | None]) -> torch.Tensor:
     """Each word's K dynamic filters applied to the visual map, averaged over K:
     ``(B, T, h, w)`` float32, from the very tensors the forward pass used."""
     vis, emb, hid = (captured[k].float() for k in ("vis", "emb", "hid"))
     filters = model.synthesis.dynamic_filters(emb, hid)  # (B, T, K, C)
-    batch, steps, k, channels = filters.shape
-    responses = torch.bmm(filters.reshape(batch, steps * k, channels), vis.flatten(2))
-    return responses.view(batch, steps, k, *vis.shape[-2:]).mean(dim=2)
+    responses = model.synthesis.responses(vis, filters, captured["image_index"])  # (T, B, P, K)
+    return responses.mean(dim=-1).transpose(0, 1).reshape(*filters.shape[:2], *vis.shape[-2:])
 
 
 def _unit(x: torch.Tensor) -> np.ndarray:

@@ -46,15 +46,45 @@ class Upsampling(nn.Module):
             in_channels = out
         self.out = nn.Conv2d(in_channels, 1, kernel_size=1)
 
-    def forward(self, x: Tensor, skips: list[Tensor]) -> Tensor:
-        """``x (B, C, h, w)``, ``skips[i] (B, C_i, h_i, w_i)`` coarsest first (``skips[0]`` at
-        the resolution of ``x``) → logits ``(B, 1, 2·h_last, 2·w_last)``."""
+    def forward(self, x: Tensor, skips: list[Tensor], image_index: Tensor | None = None
+                ) -> Tensor:
+        """``x (B, C, h, w)``, ``skips[i] (N, C_i, h_i, w_i)`` coarsest first (``skips[0]`` at
+        the resolution of ``x``), ``image_index (B,)`` the image of each row of ``x`` (None:
+        ``B == N``) → logits ``(B, 1, 2·h_last, 2·w_last)``.
+
+        ``conv(up(cat[x, skip]))`` is computed as ``conv_x(up(x)) + conv_skip(up(skip))``: the
+        ×2 interpolation acts on each channel alone and the conv (zero padding included) is
+        linear in its input channels, so this is the same map with the same parameters. The
+        skip term depends on the image only: it is computed once per image and gathered per
+        sentence.
+        """
         align = False if self.mode == "bilinear" else None
         for conv, act, skip in zip(self.convs, self.acts, skips):
             if x.shape[-2:] != skip.shape[-2:]:
                 # Odd input sizes: the backbone rounds strides up, ×2 can overshoot by a cell.
                 x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = torch.cat([x, skip], dim=1)
+            split = x.shape[1]
+            skip_term = F.conv2d(F.interpolate(skip, scale_factor=2, mode=self.mode,
+                                               align_corners=align),
+                                 conv.weight[:, split:], conv.bias, padding=conv.padding)
+            if image_index is not None:
+                skip_term = skip_term.index_select(0, image_index)
             x = F.interpolate(x, scale_factor=2, mode=self.mode, align_corners=align)
-            x = act(conv(x))
+            x = act(F.conv2d(x, conv.weight[:, :split], padding=conv.padding) + skip_term)
         return self.out(x)
+
+
+def reference_upsampling(module: Upsampling, x: Tensor, skips: list[Tensor],
+                         image_index: Tensor | None = None) -> Tensor:
+    """:meth:`Upsampling.forward` as the original computes it, for tests: the skips gathered per
+    sentence, concatenated to ``x``, upsampled, one conv over the concatenation."""
+    if image_index is not None:
+        skips = [s.index_select(0, image_index) for s in skips]
+    align = False if module.mode == "bilinear" else None
+    for conv, act, skip in zip(module.convs, module.acts, skips):
+        if x.shape[-2:] != skip.shape[-2:]:
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        x = torch.cat([x, skip], dim=1)
+        x = F.interpolate(x, scale_factor=2, mode=module.mode, align_corners=align)
+        x = act(conv(x))
+    return module.out(x)

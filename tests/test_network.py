@@ -141,3 +141,37 @@ def test_one_image_encoded_once_serves_many_sentences(high_res):
         with pytest.raises(ValueError, match="pass image_index"):
             model.segment(features, tokens, lengths)
     torch.testing.assert_close(shared, per_pair)
+
+
+@pytest.mark.parametrize("high_res,freeze,lstm", [(False, False, False), (True, False, False),
+                                                  (True, True, False), (True, False, True)])
+def test_eight_sentences_on_two_images_equal_per_sentence_forward(high_res, freeze, lstm):
+    """segment's per-image terms, gathered by image_index, give the values and gradients of
+    the forward pass on each sentence's own copy of its image (odd, non-square input)."""
+    torch.manual_seed(0)
+    model = DMN(_small(high_res=high_res, freeze=freeze, lstm=lstm, mixed_layers=2,
+                       hid_mixed_size=6), VOCAB).eval()
+    gen = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (2, 3, 70, 90), dtype=torch.uint8, generator=gen)
+    tokens = torch.randint(1, VOCAB, (8, 5), generator=gen)
+    lengths = torch.tensor([5, 1, 3, 2, 5, 4, 1, 2])
+    tokens[torch.arange(5)[None, :] >= lengths[:, None]] = 0
+    image_index = torch.tensor([0, 1, 1, 0, 0, 1, 0, 0])
+    params = [p for p in model.parameters() if p.requires_grad]
+    results = []
+    for shared in (True, False):
+        if shared:
+            features = model.encode_image(model.normalize(images))
+            out, lowres = model.segment(features, tokens, lengths, image_index, return_aux=True)
+        else:
+            out, lowres = model(model.normalize(images[image_index]), tokens, lengths,
+                                return_aux=True)
+        loss = out.square().mean() + (0 if freeze else lowres.square().mean())
+        results.append((out, torch.autograd.grad(loss, params)))
+    (fast, fast_grads), (slow, slow_grads) = results
+    assert fast.shape == ((8, 1, 70, 90) if high_res else (8, 1, 5, 6))
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    for a, b in zip(fast_grads, slow_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    with pytest.raises(ValueError, match="image_index"):
+        model.segment(features, tokens, lengths, torch.tensor([0, 1, 2, 0, 0, 1, 0, 0]))

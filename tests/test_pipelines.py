@@ -73,7 +73,7 @@ def test_bench_predict_quick(tmp_path):
              tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     row = [ln for ln in r.stdout.splitlines() if ln.startswith("| tiny")]
-    assert len(row) == 1 and len(row[0].split("|")) == 9
+    assert len(row) == 1 and len(row[0].split("|")) == 11
 
 
 def test_paper_recipe_checks_backbone_weights_first(tmp_path):
