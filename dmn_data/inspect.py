@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import tarfile
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +16,9 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from .errors import DataError, SkipItem
-from .keys import IMAGE_EXTS, META_EXT, VOCAB
-from .manifest import read_manifest
+from .keys import IMAGE_EXTS, MANIFEST, META_EXT, VOCAB
+from .location import Location
+from .manifest import check_manifest, read_manifest
 from .masks import check_rle_counts, decode_rle
 
 
@@ -75,26 +77,54 @@ def _size(n: int) -> str:
     raise AssertionError
 
 
-def verify(dataset_dir: Path, *, progress: bool = True) -> list[str]:
+def verify(dataset_dir: Path | str, *, progress: bool = True) -> list[str]:
     """Check every shard against the manifest (size, sha256, counts) and decode every sample
-    (image, masks, token ids). Returns the problems found, one line each (empty: all good)."""
-    dataset_dir = Path(dataset_dir)
-    manifest = read_manifest(dataset_dir)
+    (image, masks, token ids). Returns the problems found, one line each (empty: all good).
+
+    ``dataset_dir`` may be remote (an http(s)/fsspec URL or ``pipe:``, see
+    :mod:`dmn_data.location`): each shard is then fetched into a temporary folder, checked and
+    deleted, one at a time."""
+    location = Location.parse(dataset_dir)
+    if location.remote:
+        with tempfile.TemporaryDirectory(prefix="dmn-verify-") as tmp:
+            return _verify(location, Path(tmp), progress)
+    return _verify(location, None, progress)
+
+
+def _verify(location: Location, scratch: Path | None, progress: bool) -> list[str]:
+    if scratch is None:
+        manifest = read_manifest(Path(location.base))
+    else:
+        manifest = check_manifest(location.read_bytes(MANIFEST), location.url(MANIFEST))
     problems: list[str] = []
     try:
-        vocab_raw = (dataset_dir / VOCAB).read_bytes()
+        vocab_raw = location.read_bytes(VOCAB)
         vocab = json.loads(vocab_raw)
-    except (OSError, ValueError) as err:
+    except (DataError, ValueError) as err:
         return [f"{VOCAB}: unreadable ({err})"]
     if hashlib.sha256(vocab_raw).hexdigest() != manifest["vocab"]["sha256"]:
         problems.append(f"{VOCAB}: sha256 differs from the manifest")
     shards = [(split, sh) for split, s in manifest["splits"].items() for sh in s["shards"]]
     for split, sh in tqdm(shards, desc="verify", unit="shard", disable=not progress):
-        path = dataset_dir / sh["name"]
-        if not path.is_file():
-            problems.append(f"{sh['name']}: missing")
+        try:
+            url = location.url(sh["name"])
+        except DataError as err:
+            problems.append(str(err))
             continue
-        data = path.read_bytes()
+        if scratch is None:
+            path = Path(url)
+            if not path.is_file():
+                problems.append(f"{sh['name']}: missing")
+                continue
+            data = path.read_bytes()
+        else:
+            try:
+                data = location.read_bytes(sh["name"])
+            except DataError as err:
+                problems.append(f"{sh['name']}: {err}")
+                continue
+            path = scratch / Path(sh["name"]).name
+            path.write_bytes(data)
         if len(data) != sh["bytes"] or hashlib.sha256(data).hexdigest() != sh["sha256"]:
             problems.append(f"{sh['name']}: size or sha256 differs from the manifest")
         try:
@@ -105,6 +135,8 @@ def verify(dataset_dir: Path, *, progress: bool = True) -> list[str]:
         if counts != (sh["images"], sh["refs"], sh["sentences"]):
             problems.append(f"{sh['name']}: holds {counts} images/refs/sentences, manifest says "
                             f"{(sh['images'], sh['refs'], sh['sentences'])}")
+        if scratch is not None:
+            path.unlink(missing_ok=True)
     return problems
 
 
