@@ -77,11 +77,13 @@ from .keys import IMAGE_EXTS, MANIFEST, META_EXT
 from .location import Location, cache_path
 from .manifest import check_manifest, read_manifest
 from .safety import inside
-from .transforms import Mirror, collate, make_example
+from .transforms import Mirror, collate, make_examples
 
 
 #: how many times a remote shard that failed while being read is read again before the run stops
 RETRIES = 3
+#: at most this many decoded examples are held per worker to mix the sentences of nearby images
+DECODED_BUFFER = 256
 
 
 @dataclass(frozen=True)
@@ -286,11 +288,12 @@ def _shard_samples(shard: _Shard) -> Iterator[dict]:
                 pass
 
 
-def _expand(samples: Iterator[dict], *, ablate_language: bool = False) -> Iterator[dict]:
-    """One item per (image, ref, sentence): the image bytes (shared, not decoded yet), the image
-    size, the ref's RLE and the sentence's ids/tokens/raw text.
+def _image_items(samples: Iterator[dict], *, ablate_language: bool = False) -> Iterator[dict]:
+    """One item per image, still encoded: the image bytes and size, and its refs with their
+    sentences (ids/tokens/raw) and RLE masks — what :func:`dmn_data.transforms.make_examples`
+    turns into one example per (ref, sentence).
 
-    With ``ablate_language`` each ref is paired with a sentence of *another* ref of the same image
+    With ``ablate_language`` each ref is paired with sentences of *another* ref of the same image
     (the next ref, cyclically; images with a single ref are left out), while its own mask stays
     the target: the language ablation, which a model that reads the words must fail.
     """
@@ -308,7 +311,9 @@ def _expand(samples: Iterator[dict], *, ablate_language: bool = False) -> Iterat
             refs = meta["refs"]
             if ablate_language and len(refs) < 2:
                 continue
+            out = []
             for i, ref in enumerate(refs):
+                sentences = []
                 for j, sent in enumerate(ref["sentences"]):
                     if not sent["ids"]:
                         raise ValueError(f"sentence {sent['sent_id']} has no tokens")
@@ -316,18 +321,20 @@ def _expand(samples: Iterator[dict], *, ablate_language: bool = False) -> Iterat
                     if ablate_language:
                         other = refs[(i + 1) % len(refs)]["sentences"]
                         said = other[j % len(other)]
-                    yield {"where": where, "data": data, "width": meta["width"], "height": meta["height"],
-                           "image_id": meta["image_id"], "ref_id": ref["ref_id"], "mask": ref["mask"],
-                           "sent_id": sent["sent_id"], "ids": said["ids"], "tokens": said["tokens"],
-                           "raw": said["raw"]}
+                    sentences.append({"sent_id": sent["sent_id"], "ids": said["ids"],
+                                      "tokens": said["tokens"], "raw": said["raw"]})
+                out.append({"ref_id": ref["ref_id"], "mask": ref["mask"], "sentences": sentences})
+            yield {"where": where, "data": data, "width": meta["width"], "height": meta["height"],
+                   "image_id": meta["image_id"], "refs": out,
+                   "sentences": sum(len(r["sentences"]) for r in out)}
         except (ValueError, KeyError, TypeError) as err:
             raise DataError(f"{where}: bad annotation ({type(err).__name__}: {err})") from None
 
 
-def _shuffle(items: Iterator[dict], *, bufsize: int, source: _ShardList) -> Iterator[dict]:
+def _shuffle(items: Iterator, *, bufsize: int, source: _ShardList, purpose: str) -> Iterator:
     """Reservoir shuffle: the buffer fills completely before the first item leaves."""
-    rng = _rng(source.seed, source.epoch, source.rank, "shuffle")
-    buf: list[dict] = []
+    rng = _rng(source.seed, source.epoch, source.rank, purpose)
+    buf: list = []
     for item in items:
         if len(buf) < bufsize:
             buf.append(item)
@@ -340,12 +347,13 @@ def _shuffle(items: Iterator[dict], *, bufsize: int, source: _ShardList) -> Iter
 
 
 def _decode(items: Iterator[dict], *, size: int, mirror: Mirror | None, source: _ShardList) -> Iterator:
+    """Each image decoded once, fanned out to one example per sentence."""
     rng = _rng(source.seed, source.epoch, source.rank, "flip") if mirror is not None else None
     for item in items:
         try:
-            yield make_example(item, size, mirror, rng)
+            yield from make_examples(item, size, mirror, rng)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # corrupt images
-            raise DataError(f"{item['where']}, ref {item['ref_id']}: {err}") from None
+            raise DataError(f"{item['where']}: {err}") from None
 
 
 def _report_errors(batches: Iterator) -> Iterator:
@@ -523,6 +531,12 @@ def make_loader(shards: str | Path, split: str, *, size: int, batch_size: int, t
     if train:
         total = sum(s.sentences for s in shard_list)
         num_batches = epoch_batches or max(1, total // (batch_size * world_size))
+        # shuffle_buffer counts sentences: most of it is held as encoded images (whole images,
+        # all their sentences), the rest as decoded examples that mix the sentences of
+        # consecutive images (they share their image's array).
+        per_image = max(1.0, total / max(1, sum(s.images for s in shard_list)))
+        example_buffer = max(1, min(DECODED_BUFFER, shuffle_buffer // 4))
+        image_buffer = max(1, round((shuffle_buffer - example_buffer) / per_image))
     else:
         mine = shard_list[rank::world_size]
         workers = min(workers, len(mine))  # a worker without a shard would have nothing to read
@@ -534,9 +548,10 @@ def make_loader(shards: str | Path, split: str, *, size: int, batch_size: int, t
     pipeline = wds.DataPipeline(
         source,  # _Shard: eval → this rank's then this worker's shards in order; train → endless draws
         _read_samples,  # {"__key__", "__url__", "jpg"/"png", "json"}: one image with all its refs
-        partial(_expand, ablate_language=ablate_language),  # one dict per (image, ref, sentence), image still encoded
-        partial(_shuffle, bufsize=shuffle_buffer, source=source) if train else None,  # same, mixed
-        partial(_decode, size=size, mirror=mirror, source=source),  # transforms.Example: resized arrays
+        partial(_image_items, ablate_language=ablate_language),  # one dict per image, still encoded
+        partial(_shuffle, bufsize=image_buffer, source=source, purpose="images") if train else None,
+        partial(_decode, size=size, mirror=mirror, source=source),  # transforms.Example per sentence
+        partial(_shuffle, bufsize=example_buffer, source=source, purpose="examples") if train else None,
         wds.batched(batch_size, collation_fn=partial(collate, size=size), partial=True),  # batch dicts
         _report_errors,  # a DataError becomes a _Failure item the main process raises again
     )
