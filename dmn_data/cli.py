@@ -170,7 +170,8 @@ def info_cmd(directory: Annotated[Path, typer.Argument(help="A built dataset fol
 @app.command("verify")
 @user_errors
 def verify_cmd(
-    directory: Annotated[Path, typer.Argument(help="A built dataset folder, e.g. shards/toy.")],
+    directory: Annotated[str, typer.Argument(help="A built dataset: a folder (shards/toy), an "
+                                             "http(s):// or fsspec URL, or 'pipe:CMD {}'.")],
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Check every shard's checksum and decode every sample; exit 1 on any problem."""

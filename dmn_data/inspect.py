@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import tarfile
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,8 @@ from tqdm import tqdm
 from .errors import DataError, SkipItem
 from .images import to_rgb
 from .keys import IMAGE_EXTS, MANIFEST, META_EXT, VOCAB
-from .manifest import read_manifest
+from .location import Location
+from .manifest import check_manifest, read_manifest
 from .masks import check_rle_counts, decode_rle
 from .safety import inside
 from .tarsamples import iter_samples
@@ -61,16 +63,30 @@ def _size(n: int) -> str:
     raise AssertionError
 
 
-def verify(dataset_dir: Path, *, progress: bool = True) -> list[str]:
+def verify(dataset_dir: Path | str, *, progress: bool = True) -> list[str]:
     """Check every shard against the manifest (size, sha256, counts) and decode every sample
-    (image, masks, token ids). Returns the problems found, one line each (empty: all good)."""
-    dataset_dir = Path(dataset_dir)
-    manifest = read_manifest(dataset_dir)
+    (image, masks, token ids). Returns the problems found, one line each (empty: all good).
+
+    ``dataset_dir`` may be remote (an http(s)/fsspec URL or ``pipe:``, see
+    :mod:`dmn_data.location`): each shard is then fetched into a temporary folder, checked and
+    deleted, one at a time."""
+    location = Location.parse(dataset_dir)
+    if location.remote:
+        with tempfile.TemporaryDirectory(prefix="dmn-verify-") as tmp:
+            return _verify(location, Path(tmp), progress)
+    return _verify(location, None, progress)
+
+
+def _verify(location: Location, scratch: Path | None, progress: bool) -> list[str]:
+    if scratch is None:
+        manifest = read_manifest(Path(location.base))
+    else:
+        manifest = check_manifest(location.read_bytes(MANIFEST), location.url(MANIFEST))
     problems: list[str] = []
     try:
-        vocab_raw = (dataset_dir / VOCAB).read_bytes()
+        vocab_raw = location.read_bytes(VOCAB)
         vocab = json.loads(vocab_raw)
-    except (OSError, ValueError) as err:
+    except (DataError, ValueError) as err:
         return [f"{VOCAB}: unreadable ({err})"]
     try:
         if hashlib.sha256(vocab_raw).hexdigest() != manifest["vocab"]["sha256"]:
@@ -80,20 +96,35 @@ def verify(dataset_dir: Path, *, progress: bool = True) -> list[str]:
         return [*problems, f"{MANIFEST}: malformed ({type(err).__name__}: {err}); rebuild with dmn-data build"]
     for split, sh in tqdm(shards, desc="verify", unit="shard", disable=not progress):
         # the same rule as the stream: a shard name must stay inside the dataset folder
-        path = inside(dataset_dir, sh.get("name") if isinstance(sh, dict) else None)
-        if path is None:
-            problems.append(f"{MANIFEST}: shard entry {str(sh)[:80]} has no valid name inside {dataset_dir}")
+        name = sh.get("name") if isinstance(sh, dict) else None
+        try:
+            location.url(name)
+        except DataError:
+            problems.append(f"{MANIFEST}: shard entry {str(sh)[:80]} has no valid name inside {location.base}")
             continue
         try:
             expected = (int(sh["images"]), int(sh["refs"]), int(sh["sentences"]))
             size, sha256 = int(sh["bytes"]), str(sh["sha256"])
         except (KeyError, TypeError, ValueError):
-            problems.append(f"{MANIFEST}: shard entry {sh['name']!r} lacks images/refs/sentences/bytes/sha256")
+            problems.append(f"{MANIFEST}: shard entry {name!r} lacks images/refs/sentences/bytes/sha256")
             continue
-        if not path.is_file():
-            problems.append(f"{sh['name']}: missing")
-            continue
-        data = path.read_bytes()
+        if scratch is None:
+            path = inside(location.base, name)  # symlinks followed: still inside
+            if path is None:
+                problems.append(f"{MANIFEST}: shard entry {name!r} has no valid name inside {location.base}")
+                continue
+            if not path.is_file():
+                problems.append(f"{name}: missing")
+                continue
+            data = path.read_bytes()
+        else:
+            try:
+                data = location.read_bytes(name)
+            except DataError as err:
+                problems.append(f"{name}: {err}")
+                continue
+            path = scratch / Path(name).name
+            path.write_bytes(data)
         if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
             problems.append(f"{sh['name']}: size or sha256 differs from the manifest")
         try:
@@ -103,6 +134,8 @@ def verify(dataset_dir: Path, *, progress: bool = True) -> list[str]:
             continue
         if counts != expected:
             problems.append(f"{sh['name']}: holds {counts} images/refs/sentences, manifest says {expected}")
+        if scratch is not None:
+            path.unlink(missing_ok=True)
     return problems
 
 

@@ -27,8 +27,17 @@ def read_manifest(dataset_dir: Path) -> dict:
                 hint = f"; it holds built datasets: {', '.join(subs)} (pass {Path(dataset_dir) / subs[0]})"
         raise DataError(f"{dataset_dir}: no {MANIFEST} (not a finished dmn-data build{hint or '; run dmn-data build first'})")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: unreadable ({err})") from None
+    return check_manifest(data, str(path))
+
+
+def check_manifest(data: bytes, path: str) -> dict:
+    """Parse and check a manifest's bytes (read from ``path``, named in errors)."""
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except ValueError as err:
         raise DataError(f"{path}: unreadable ({err})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else None

@@ -39,8 +39,17 @@ sentence counts, so ranks never disagree and no shard is scanned to know an epoc
 batches are a function of (``seed``, epoch, ``rank``, ``workers``, the shards): a resumed run that
 calls ``set_epoch`` and skips the batches it already used sees the same stream.
 
-Local directories only (a ``://`` location is refused with a DataError). Memory per worker is the
-shuffle buffer of still-encoded examples (examples of one image share its bytes) plus a few batches.
+Locations (:class:`dmn_data.location.Location`): a local folder, ``http(s)://`` (streamed with
+requests), any fsspec URL (``s3://``, ``gs://``, ``hf://``, ``memory://``, ``file://`` …) and
+``pipe:CMD`` with ``{}`` for the file name. The manifest and vocabulary are read from the same
+place; remote shards get the same checks as local ones (sha256 while reading, image and sentence
+counts, splits). A remote shard that fails while it is read (a dropped connection, a truncated
+transfer) is read again up to ``retries`` times, skipping the samples already yielded, then the
+run stops with one line naming it: an epoch is never silently short. With ``cache_dir``, each
+remote shard read to its end and verified is kept there, and later epochs read the copy.
+
+Memory per worker is the shuffle buffer of still-encoded examples (examples of one image share its
+bytes) plus a few batches.
 """
 
 from __future__ import annotations
@@ -50,6 +59,8 @@ import io
 import json
 import math
 import random
+import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -62,11 +73,18 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .errors import DataError
 from .keys import IMAGE_EXTS, MANIFEST, META_EXT
-from .manifest import read_manifest
+from .location import Location, cache_path
+from .manifest import check_manifest, read_manifest
 from .safety import inside
 from .tarsamples import iter_samples
 from .tokens import valid_token_ids
-from .transforms import Mirror, collate, make_example
+from .transforms import Mirror, collate, make_examples
+
+
+#: how many times a remote shard that failed while being read is read again before the run stops
+RETRIES = 3
+#: at most this many decoded examples are held per worker to mix the sentences of nearby images
+DECODED_BUFFER = 256
 
 
 @dataclass(frozen=True)
@@ -76,6 +94,10 @@ class _Shard:
     sentences: int
     sha256: str | None = None  # the manifest's; None = not checked (--no-verify-sha256)
     split: str | None = None  # every sample must say it belongs to this split
+    location: Location | None = None  # None: url is a local file
+    name: str = ""  # relative to the location, as in the manifest
+    cache_dir: str | None = None  # remote shards: keep a verified copy here
+    retries: int = 0  # remote shards: reads again after a failure
 
 
 class HashingReader(io.RawIOBase):
@@ -109,9 +131,62 @@ class HashingReader(io.RawIOBase):
         super().close()
 
 
+class _CachingReader(io.RawIOBase):
+    """Copies a remote shard into ``<cache>.part-<pid>`` while it is read; :meth:`commit` (after
+    the shard was read to its end and checked) renames the copy into place. Closing without a
+    commit deletes it: a half-read or failed shard never enters the cache."""
+
+    def __init__(self, raw: BinaryIO, target: Path):
+        self.raw, self.target = raw, target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.part = target.with_name(f"{target.name}.part-{os.getpid()}")
+        self.out = open(self.part, "wb")  # noqa: SIM115 - closed in commit/close
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.raw.read(len(buffer))
+        self.out.write(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def commit(self) -> None:
+        while chunk := self.raw.read(1 << 20):
+            self.out.write(chunk)
+        self.out.close()
+        os.replace(self.part, self.target)
+
+    def close(self) -> None:
+        if not self.out.closed:
+            self.out.close()
+        self.part.unlink(missing_ok=True)
+        self.raw.close()
+        super().close()
+
+
 def _open_shard(shard: _Shard) -> BinaryIO:
-    raw = open(shard.url, "rb")  # noqa: SIM115 - closed by the caller
+    if shard.location is None:
+        raw = open(shard.url, "rb")  # noqa: SIM115 - closed by the caller
+    elif shard.cache_dir is not None:
+        cached = cache_path(shard.cache_dir, shard.location, shard.name, shard.sha256)
+        if cached.is_file():
+            raw = open(cached, "rb")  # noqa: SIM115 - still hashed below: a changed copy fails
+        else:
+            raw = _CachingReader(shard.location.open(shard.name), cached)
+    else:
+        raw = shard.location.open(shard.name)
     return HashingReader(raw, shard.sha256, shard.url) if shard.sha256 else raw
+
+
+def _finish(stream: BinaryIO) -> None:
+    """After a shard's last sample: check its sha256, then keep the cached copy."""
+    inner = stream
+    if isinstance(stream, HashingReader):
+        stream.finish()
+        inner = stream.raw
+    if isinstance(inner, _CachingReader):
+        inner.commit()
 
 
 @dataclass(frozen=True)
@@ -151,50 +226,77 @@ class _ShardList(IterableDataset):
 
 
 def _read_samples(shards: Iterator[_Shard]) -> Iterator[dict]:
-    """``{"__key__", "__url__", "jpg"|"png": bytes, "json": bytes}``, one per image; a shard that
-    cannot be read, or holds another number of images than the manifest says, is a DataError."""
+    """``{"__key__", "__url__", "jpg"|"png": bytes, "json": bytes}``, one per image, then
+    ``{"__end__": shard}`` after each shard read to its end (lets :func:`_image_items` check the
+    shard's sentence count); a shard that cannot be read, or holds another number of images than
+    the manifest says, is a DataError. A remote shard is read again (``shard.retries`` times) after
+    a failure, skipping the samples already yielded."""
     for shard in shards:
-        count = 0
-        stream = None
-        try:
-            stream = _open_shard(shard)
-            for sample in iter_samples(stream, shard.url):  # the rules dmn-data verify applies too
-                count += 1
-                sample["__split__"] = shard.split
-                yield sample
-            if count != shard.images:
-                raise DataError(f"shard {shard.url} holds {count} images, its manifest says {shard.images} "
-                                "(truncated or replaced?); rebuild it with dmn-data build")
-            if isinstance(stream, HashingReader):
-                stream.finish()
-            yield {"__end__": shard}  # lets _expand check the shard's sentence count
-        except DataError:
-            raise
-        except Exception as err:  # tarfile, gzip, OS errors: the message gets the shard's name
-            detail = str(err.args[0]).split(" @ ")[0] if err.args else type(err).__name__
-            raise DataError(f"shard {shard.url} is unreadable ({detail}); rebuild it with dmn-data build") from None
-        finally:
-            if stream is not None:
+        yielded = 0
+        for attempt in range(shard.retries + 1):
+            try:
+                for index, sample in enumerate(_shard_samples(shard)):
+                    if index >= yielded:
+                        yielded += 1
+                        yield sample
+                break
+            except DataError as err:
+                if attempt == shard.retries:
+                    if shard.retries:
+                        raise DataError(f"{err} (after {attempt + 1} attempts)") from None
+                    raise
+                time.sleep(min(0.5 * 2 ** attempt, 8.0))
+
+
+def _shard_samples(shard: _Shard) -> Iterator[dict]:
+    """One reading of one shard, start to end, checked; ``{"__end__": shard}`` last."""
+    count = 0
+    stream = None
+    try:
+        stream = _open_shard(shard)
+        for sample in iter_samples(stream, shard.url):  # the rules dmn-data verify applies too
+            count += 1
+            sample["__split__"] = shard.split
+            yield sample
+        if count != shard.images:
+            raise DataError(f"shard {shard.url} holds {count} images, its manifest says {shard.images} "
+                            "(truncated or replaced?); rebuild it with dmn-data build")
+        _finish(stream)
+        yield {"__end__": shard}
+    except DataError:
+        raise
+    except Exception as err:  # tarfile, gzip, OS and network errors: the message gets the shard's name
+        detail = str(err.args[0]).split(" @ ")[0] if err.args else type(err).__name__
+        hint = "rebuild it with dmn-data build" if shard.location is None else \
+            f"check it with dmn-data verify {shard.location}"
+        raise DataError(f"shard {shard.url} is unreadable ({detail}); {hint}") from None
+    finally:
+        if stream is not None:
+            try:
                 stream.close()
+            except Exception:  # noqa: BLE001 - a failed pipe: command; the read already failed or ended
+                pass
 
 
-def _expand(samples: Iterator[dict], *, vocab_size: int, ablate_language: bool = False) -> Iterator[dict]:
-    """One item per (image, ref, sentence): the image bytes (shared, not decoded yet), the image
-    size, the ref's RLE and the sentence's ids/tokens/raw text.
+def _image_items(samples: Iterator[dict], *, vocab_size: int, ablate_language: bool = False) -> Iterator[dict]:
+    """One item per image, still encoded: the image bytes and size, and its refs with their
+    sentences (ids/tokens/raw) and RLE masks — what :func:`dmn_data.transforms.make_examples`
+    turns into one example per (ref, sentence). Each shard's sentence count is checked against
+    its manifest entry at its ``__end__`` marker.
 
-    With ``ablate_language`` each ref is paired with a sentence of *another* ref of the same image
+    With ``ablate_language`` each ref is paired with sentences of *another* ref of the same image
     (the next ref, cyclically; images with a single ref are left out), while its own mask stays
     the target: the language ablation, which a model that reads the words must fail.
     """
-    sentences = 0  # in the current shard, ablation or not
+    sentences_seen = 0  # in the current shard, ablation or not
     for sample in samples:
         if "__end__" in sample:
             shard = sample["__end__"]
-            if sentences != shard.sentences:
+            if sentences_seen != shard.sentences:
                 # a stream whose shards hold no sentence would otherwise resample them forever
-                raise DataError(f"shard {shard.url} holds {sentences} sentences, its manifest says {shard.sentences}; "
-                                "rebuild it with dmn-data build")
-            sentences = 0
+                raise DataError(f"shard {shard.url} holds {sentences_seen} sentences, its manifest says "
+                                f"{shard.sentences}; rebuild it with dmn-data build")
+            sentences_seen = 0
             continue
         where = f"shard {sample['__url__']}, sample {sample['__key__']}"
         data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
@@ -207,7 +309,7 @@ def _expand(samples: Iterator[dict], *, vocab_size: int, ablate_language: bool =
                 raise DataError(f"{where}: belongs to split {meta.get('split')!r}, read as {sample['__split__']!r}; "
                                 "shards were moved or renamed, rebuild with dmn-data build")
             refs = meta["refs"]
-            sentences += sum(len(ref["sentences"]) for ref in refs)
+            sentences_seen += sum(len(ref["sentences"]) for ref in refs)
             if ablate_language and len(refs) < 2:
                 continue
             for ref in refs:  # all checked before any is used (the ablation borrows another ref's)
@@ -216,24 +318,28 @@ def _expand(samples: Iterator[dict], *, vocab_size: int, ablate_language: bool =
                         # an id past the vocabulary would index outside the embedding table
                         raise ValueError(f"sentence {sent['sent_id']} has token ids outside [1, {vocab_size}) "
                                          f"or none: {str(sent['ids'])[:60]}")
+            out = []
             for i, ref in enumerate(refs):
+                sentences = []
                 for j, sent in enumerate(ref["sentences"]):
                     said = sent
                     if ablate_language:
                         other = refs[(i + 1) % len(refs)]["sentences"]
                         said = other[j % len(other)]
-                    yield {"where": where, "data": data, "width": meta["width"], "height": meta["height"],
-                           "image_id": meta["image_id"], "ref_id": ref["ref_id"], "mask": ref["mask"],
-                           "sent_id": sent["sent_id"], "ids": said["ids"], "tokens": said["tokens"],
-                           "raw": said["raw"]}
+                    sentences.append({"sent_id": sent["sent_id"], "ids": said["ids"],
+                                      "tokens": said["tokens"], "raw": said["raw"]})
+                out.append({"ref_id": ref["ref_id"], "mask": ref["mask"], "sentences": sentences})
+            yield {"where": where, "data": data, "width": meta["width"], "height": meta["height"],
+                   "image_id": meta["image_id"], "refs": out,
+                   "sentences": sum(len(r["sentences"]) for r in out)}
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
             raise DataError(f"{where}: bad annotation ({type(err).__name__}: {str(err)[:150]})") from None
 
 
-def _shuffle(items: Iterator[dict], *, bufsize: int, source: _ShardList) -> Iterator[dict]:
+def _shuffle(items: Iterator, *, bufsize: int, source: _ShardList, purpose: str) -> Iterator:
     """Reservoir shuffle: the buffer fills completely before the first item leaves."""
-    rng = _rng(source.seed, source.epoch, source.rank, "shuffle")
-    buf: list[dict] = []
+    rng = _rng(source.seed, source.epoch, source.rank, purpose)
+    buf: list = []
     for item in items:
         if len(buf) < bufsize:
             buf.append(item)
@@ -246,12 +352,13 @@ def _shuffle(items: Iterator[dict], *, bufsize: int, source: _ShardList) -> Iter
 
 
 def _decode(items: Iterator[dict], *, size: int, mirror: Mirror | None, source: _ShardList) -> Iterator:
+    """Each image decoded once, fanned out to one example per sentence."""
     rng = _rng(source.seed, source.epoch, source.rank, "flip") if mirror is not None else None
     for item in items:
         try:
-            yield make_example(item, size, mirror, rng)
+            yield from make_examples(item, size, mirror, rng)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # corrupt images
-            raise DataError(f"{item['where']}, ref {item['ref_id']}: {err}") from None
+            raise DataError(f"{item['where']}: {err}") from None
 
 
 def _report_errors(batches: Iterator) -> Iterator:
@@ -308,54 +415,82 @@ class Loader:
             del batches  # shuts the workers down now, not at garbage collection
 
 
-def _dataset_dir(shards: str | Path) -> Path:
-    text = str(shards)
-    if "://" in text or text.startswith("pipe:"):
-        raise DataError(f"shards {text}: remote locations are not supported yet; copy them to a local directory")
-    path = Path(text)
-    return path.parent if path.name == MANIFEST and path.is_file() else path
+@dataclass(frozen=True)
+class Dataset:
+    """A built dataset's location, manifest and vocabulary, read from wherever it lives."""
+
+    location: Location
+    manifest: dict
+    vocab: list[str]
+    vocab_sha256: str  # of vocab.json's bytes: what checkpoints record to pin their vocabulary
 
 
-def _load_vocab(ddir: Path, manifest: dict) -> list[str]:
+def read_dataset(shards: str | Path) -> Dataset:
+    """Read and check ``manifest.json`` and the vocabulary of the dataset at ``shards`` (a folder,
+    its manifest, an http(s)/fsspec URL or a ``pipe:`` command; see :mod:`dmn_data.location`)."""
+    location = Location.parse(shards)
+    if location.kind == "local":
+        manifest = read_manifest(Path(location.base))
+    else:
+        manifest = check_manifest(location.read_bytes(MANIFEST), location.url(MANIFEST))
     entry = manifest.get("vocab") or {}
-    path = ddir / entry.get("file", "vocab.json")
+    name = entry.get("file", "vocab.json")
+    where = location.url(name)
     try:
-        data = path.read_bytes()
+        data = location.read_bytes(name)
         vocab = json.loads(data)
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: unreadable vocabulary ({err}); rebuild with dmn-data build") from None
+    except DataError as err:
+        raise DataError(f"unreadable vocabulary ({err}); rebuild with dmn-data build") from None
+    except ValueError as err:
+        raise DataError(f"{where}: unreadable vocabulary ({err}); rebuild with dmn-data build") from None
     if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
-        raise DataError(f"{path}: not a JSON list of tokens; rebuild with dmn-data build")
-    if entry.get("sha256") and hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise DataError(f"{path}: does not match the sha256 in {ddir / MANIFEST}; rebuild with dmn-data build")
-    return vocab
+        raise DataError(f"{where}: not a JSON list of tokens; rebuild with dmn-data build")
+    digest = hashlib.sha256(data).hexdigest()
+    if entry.get("sha256") and digest != entry["sha256"]:
+        raise DataError(f"{where}: does not match the sha256 in {location.url(MANIFEST)}; rebuild with dmn-data build")
+    return Dataset(location, manifest, vocab, digest)
 
 
-def _shard_list(ddir: Path, manifest: dict, split: str, verify_sha256: bool = True) -> list[_Shard]:
+def _shard_list(dataset: Dataset, split: str, verify_sha256: bool = True, *,
+                cache_dir: str | None = None, retries: int = RETRIES) -> list[_Shard]:
+    location, manifest = dataset.location, dataset.manifest
+    where = location.url(MANIFEST)
     splits = manifest.get("splits") or {}
     if split not in splits:
-        raise DataError(f"split {split!r} is not in {ddir / MANIFEST}; choose from {', '.join(sorted(splits)) or '(none)'}")
+        raise DataError(f"split {split!r} is not in {where}; choose from {', '.join(sorted(splits)) or '(none)'}")
     entries = splits[split].get("shards") or []
     if not entries:
-        raise DataError(f"split {split!r} of {ddir} has no shards (every image was skipped at build time?)")
+        raise DataError(f"split {split!r} of {location} has no shards (every image was skipped at build time?)")
     shards = []
     for e in entries:
-        path = inside(ddir, e.get("name") if isinstance(e, dict) else None)
-        if path is None:
-            raise DataError(f"{ddir / MANIFEST}: shard entry {e!r} has no valid name inside {ddir}; rebuild with dmn-data build")
+        name = e.get("name") if isinstance(e, dict) else None
+        bad_name = DataError(f"{where}: shard entry {str(e)[:80]} has no valid name inside {location}; "
+                             "rebuild with dmn-data build")
+        if location.kind == "local":
+            path = inside(location.base, name)  # symlinks followed: still inside
+            if path is None:
+                raise bad_name
+            url, remote = str(path), None
+        else:
+            try:
+                url, remote = location.url(name), location  # refuses absolute names and '..'
+            except DataError:
+                raise bad_name from None
         try:
             images, sentences = int(e["images"]), int(e["sentences"])
         except (KeyError, TypeError, ValueError):
-            raise DataError(f"{ddir / MANIFEST}: shard entry {e['name']!r} lacks integer images/sentences counts; "
+            raise DataError(f"{where}: shard entry {name!r} lacks integer images/sentences counts; "
                             "rebuild with dmn-data build") from None
-        shards.append(_Shard(str(path), images, sentences,
-                             sha256=e.get("sha256") if verify_sha256 else None, split=split))
+        shards.append(_Shard(url, images, sentences,
+                             sha256=e.get("sha256") if verify_sha256 else None, split=split,
+                             location=remote, name=name, cache_dir=cache_dir if remote else None,
+                             retries=retries if remote else 0))
     if sum(s.sentences for s in shards) < 1:
         # training resamples shards until it has a batch: with no sentence it would wait forever
-        raise DataError(f"split {split!r} of {ddir} holds no sentence; rebuild with dmn-data build")
-    missing = [s.url for s in shards if not Path(s.url).is_file()]
+        raise DataError(f"split {split!r} of {location} holds no sentence; rebuild with dmn-data build")
+    missing = [s.url for s in shards if s.location is None and not Path(s.url).is_file()]
     if missing:
-        raise DataError(f"shard {missing[0]} is missing ({len(missing)} of {len(shards)} listed in {ddir / MANIFEST}); rebuild with dmn-data build")
+        raise DataError(f"shard {missing[0]} is missing ({len(missing)} of {len(shards)} listed in {where}); rebuild with dmn-data build")
     return shards
 
 
@@ -374,8 +509,11 @@ def _check_args(*, size, batch_size, workers, rank, world_size, shuffle_buffer, 
 def make_loader(shards: str | Path, split: str, *, size: int, batch_size: int, train: bool,
                 workers: int = 2, seed: int = 0, rank: int = 0, world_size: int = 1,
                 shuffle_buffer: int = 2000, flip: bool = False, epoch_batches: int | None = None,
-                pin_memory: bool = False, ablate_language: bool = False, verify_sha256: bool = True) -> Loader:
-    """Batches of ``split`` from the shards in ``shards`` (a built dataset directory, or its manifest).
+                pin_memory: bool = False, ablate_language: bool = False, verify_sha256: bool = True,
+                cache_dir: str | Path | None = None, retries: int = RETRIES,
+                dataset: Dataset | None = None) -> Loader:
+    """Batches of ``split`` from the shards at ``shards``: a built dataset directory or its
+    manifest, an ``http(s)://`` or fsspec URL, or a ``pipe:`` command (:mod:`dmn_data.location`).
 
     Args:
         size: side ``S`` of the square batches; the longest image side is resized to it.
@@ -392,6 +530,10 @@ def make_loader(shards: str | Path, split: str, *, size: int, batch_size: int, t
             the same image (single-ref images are left out, so ``len()`` is then an upper bound).
         verify_sha256: hash each shard as it is read and fail at its end when it differs from the
             manifest (a changed token id or mask); each sample's split is checked either way.
+        cache_dir: remote shards: keep each one read to its end (and verified) here; later
+            epochs and runs read the copy. Local shards are read in place.
+        retries: remote shards: how many times a shard that failed mid-read is read again.
+        dataset: :func:`read_dataset` of ``shards``, when the caller already read it.
 
     Raises:
         DataError: missing/unfinished/foreign manifest, unknown split, missing shard, bad argument;
@@ -403,14 +545,22 @@ def make_loader(shards: str | Path, split: str, *, size: int, batch_size: int, t
         raise DataError("flip=True is for training only (evaluation must see the images as they are)")
     if ablate_language and train:
         raise DataError("the language ablation is for evaluation only")
-    ddir = _dataset_dir(shards)
-    manifest = read_manifest(ddir)
-    shard_list = _shard_list(ddir, manifest, split, verify_sha256)
-    vocab = _load_vocab(ddir, manifest)
+    if retries < 0:
+        raise DataError(f"--retries must be >= 0, got {retries}")
+    dataset = dataset or read_dataset(shards)
+    shard_list = _shard_list(dataset, split, verify_sha256,
+                             cache_dir=str(cache_dir) if cache_dir is not None else None, retries=retries)
+    vocab, manifest = dataset.vocab, dataset.manifest
 
     if train:
         total = sum(s.sentences for s in shard_list)
         num_batches = epoch_batches or max(1, total // (batch_size * world_size))
+        # shuffle_buffer counts sentences: most of it is held as encoded images (whole images,
+        # all their sentences), the rest as decoded examples that mix the sentences of
+        # consecutive images (they share their image's array).
+        per_image = max(1.0, total / max(1, sum(s.images for s in shard_list)))
+        example_buffer = max(1, min(DECODED_BUFFER, shuffle_buffer // 4))
+        image_buffer = max(1, round((shuffle_buffer - example_buffer) / per_image))
     else:
         mine = shard_list[rank::world_size]
         workers = min(workers, len(mine))  # a worker without a shard would have nothing to read
@@ -422,9 +572,10 @@ def make_loader(shards: str | Path, split: str, *, size: int, batch_size: int, t
     pipeline = wds.DataPipeline(
         source,  # _Shard: eval → this rank's then this worker's shards in order; train → endless draws
         _read_samples,  # {"__key__", "__url__", "jpg"/"png", "json"}: one image with all its refs
-        partial(_expand, vocab_size=len(vocab), ablate_language=ablate_language),  # one dict per (image, ref, sentence), image still encoded
-        partial(_shuffle, bufsize=shuffle_buffer, source=source) if train else None,  # same, mixed
-        partial(_decode, size=size, mirror=mirror, source=source),  # transforms.Example: resized arrays
+        partial(_image_items, vocab_size=len(vocab), ablate_language=ablate_language),  # one dict per image, still encoded
+        partial(_shuffle, bufsize=image_buffer, source=source, purpose="images") if train else None,
+        partial(_decode, size=size, mirror=mirror, source=source),  # transforms.Example per sentence
+        partial(_shuffle, bufsize=example_buffer, source=source, purpose="examples") if train else None,
         wds.batched(batch_size, collation_fn=partial(collate, size=size), partial=True),  # batch dicts
         _report_errors,  # a DataError becomes a _Failure item the main process raises again
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,26 +139,43 @@ class Example:
     mask_rle: dict  # original resolution, {"size": [h, w], "counts": str}
 
 
-def make_example(item: dict, size: int, mirror: Mirror | None, rng: random.Random | None) -> Example:
-    """Decode one expanded stream item (see ``stream._expand``) into an :class:`Example`.
+def make_examples(item: dict, size: int, mirror: Mirror | None, rng: random.Random | None
+                  ) -> Iterator[Example]:
+    """Every sentence of one image (an item of ``stream._image_items``) as :class:`Example` objects.
 
-    With ``mirror`` and ``rng`` given, the example is flipped with probability 1/2 (when its
-    sentence allows it): image, mask and ``mask_rle`` are mirrored, side words swapped. The flip
-    happens before padding, so the valid region stays top-left.
+    The image is decoded and resized **once** and shared by all its examples (they hold the same
+    array; ``collate`` copies it into the batch); each ref's mask is decoded and resized once.
+    With ``mirror`` and ``rng`` given, each example is flipped with probability 1/2 (when its
+    sentence allows it): image (a view), mask and ``mask_rle`` mirrored, side words swapped. The
+    flip happens before padding, so the valid region stays top-left.
+
+    Raises:
+        ValueError: an image or mask that does not decode to the annotated size (the message
+            names the ref).
     """
     h, w = item["height"], item["width"]
     image = decode_resized(item["data"], h, w, size)
-    full = decode_rle(item["mask"])
-    if full.shape != (h, w):
-        raise ValueError(f"ref {item['ref_id']}: mask is {full.shape[1]}x{full.shape[0]}, image is {w}x{h}")
-    ids, raw, rle = item["ids"], item["raw"], item["mask"]
-    if mirror is not None and rng is not None and rng.random() < 0.5 and mirror.can_flip(item["tokens"]):
-        image = image[:, ::-1]
-        full = np.asfortranarray(full[:, ::-1])
-        ids, raw, rle = mirror.ids(ids), mirror.raw(raw), encode_rle(full)
-    return Example(image=image, mask=resize_mask(full, size), ids=list(ids), orig_size=(h, w),
-                   image_id=item["image_id"], ref_id=item["ref_id"], sent_id=item["sent_id"],
-                   sentence=raw, mask_rle=rle)
+    flipped_image = image[:, ::-1]
+    for ref in item["refs"]:
+        full = decode_rle(ref["mask"])
+        if full.shape != (h, w):
+            raise ValueError(f"ref {ref['ref_id']}: mask is {full.shape[1]}x{full.shape[0]}, image is {w}x{h}")
+        small = flipped = None  # resized lazily, once per ref and side
+        for sent in ref["sentences"]:
+            ids, raw = sent["ids"], sent["raw"]
+            common = dict(orig_size=(h, w), image_id=item["image_id"], ref_id=ref["ref_id"],
+                          sent_id=sent["sent_id"])
+            if mirror is not None and rng is not None and rng.random() < 0.5 and mirror.can_flip(sent["tokens"]):
+                if flipped is None:
+                    mirrored = np.asfortranarray(full[:, ::-1])
+                    flipped = (resize_mask(mirrored, size), encode_rle(mirrored))
+                yield Example(image=flipped_image, mask=flipped[0], ids=mirror.ids(ids),
+                              sentence=mirror.raw(raw), mask_rle=flipped[1], **common)
+            else:
+                if small is None:
+                    small = resize_mask(full, size)
+                yield Example(image=image, mask=small, ids=list(ids), sentence=raw,
+                              mask_rle=ref["mask"], **common)
 
 
 def collate(examples: list[Example], size: int) -> dict:

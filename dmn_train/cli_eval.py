@@ -35,7 +35,8 @@ def eval_cmd(
                                        "runs/latest). Under torchrun spell it --run-dir (torchrun "
                                        "takes --run for its --run-path).")] = None,
     checkpoint: Annotated[Optional[Path], Opt(help="Checkpoint file (default: the run's best.pt, else last.pt).")] = None,
-    shards: Annotated[Optional[Path], Opt(help="Dataset folder (default: the one the run trained on).")] = None,
+    shards: Annotated[Optional[str], Opt(help="Dataset folder, http(s)/fsspec URL or 'pipe:CMD {}' "
+                                         "(default: the one the run trained on).")] = None,
     size: Annotated[Optional[int], Opt(help="Model input side (default: the training size).")] = None,
     threshold: Annotated[Optional[float], Opt(help="Fixed probability threshold (default: 0.5).")] = None,
     batch_size: Annotated[int, Opt(help="Sentences per batch per process.")] = 16,
@@ -53,6 +54,7 @@ def eval_cmd(
     amp: Annotated[Optional[bool], Opt("--amp/--no-amp", help="bf16 autocast (default: the run's training setting).")] = None,
     verify_sha256: Annotated[bool, Opt("--verify-sha256/--no-verify-sha256",
                                        help="Check each shard's sha256 against the manifest as it is read.")] = True,
+    cache_dir: Annotated[Optional[Path], Opt(help="Remote shards: keep each verified shard here.")] = None,
 ) -> None:
     """Write metrics.json, predictions.zarr and best_worst.png to <run>/eval/<split>/."""
     if from_predictions is not None:
@@ -68,7 +70,7 @@ def eval_cmd(
                      workers=workers, out=str(out) if out else None, device=device.value,
                      predictions=predictions, grid=grid, ablate_language=ablate_language,
                      progress=progress, amp=amp,
-                     verify_sha256=verify_sha256)
+                     verify_sha256=verify_sha256, cache_dir=str(cache_dir) if cache_dir else None)
     info = dist_info_from_env()
     device_ = select_device(info, cfg.device)
     init_process_group(info, device_)

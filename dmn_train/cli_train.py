@@ -62,8 +62,9 @@ Opt = typer.Option
 @app.command()
 @user_errors
 def train_cmd(
-    shards: Annotated[Optional[Path], Opt(help="Dataset folder from dmn-data build, e.g. "
-                                          "shards/toy (with --resume: the run's own).")] = None,
+    shards: Annotated[Optional[str], Opt(help="Dataset from dmn-data build: a folder (shards/toy), "
+                                         "an http(s):// or fsspec URL (s3://, gs://, hf://…) or "
+                                         "'pipe:CMD {}' (with --resume: the run's own).")] = None,
     preset: Annotated[Preset, Opt(help="Model + training preset: paper (dpn92, the original "
                                   "README) or tiny (small CNN that trains on a CPU).")] = Preset.paper,
     split: Annotated[str, Opt(help="Training split.")] = "train",
@@ -137,6 +138,8 @@ def train_cmd(
     progress: Annotated[Optional[bool], Opt("--progress/--no-progress", help="Progress bar.")] = None,
     verify_sha256: Annotated[Optional[bool], Opt("--verify-sha256/--no-verify-sha256",
                                                  help="Check each shard's sha256 against the manifest as it is read.")] = None,
+    cache_dir: Annotated[Optional[Path], Opt(help="Remote shards: keep each verified shard here, so "
+                                             "later epochs do not download it again.")] = None,
 ) -> None:
     """Train a DMN: checkpoints, metrics.jsonl and curves.png go to the run directory."""
     model_overrides = dict(
@@ -155,7 +158,8 @@ def train_cmd(
         log_every=log_every, eval_every=eval_every, save_every=save_every,
         eval_batches=eval_batches, eval_batch_size=eval_batch_size, threshold=threshold,
         seed=seed, workers=workers, device=device.value if device else None, amp=amp,
-        compile=compile.value if compile else None, progress=progress, verify_sha256=verify_sha256)
+        compile=compile.value if compile else None, progress=progress, verify_sha256=verify_sha256,
+        cache_dir=str(cache_dir) if cache_dir else None)
     if fetch_weights:
         fetch_backbone_weights(model_config(preset.value, **model_overrides),
                                train_config(preset.value, "", pretrained=pretrained).pretrained)

@@ -23,6 +23,16 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # processes on this node
+    node_rank: int = 0  # torchrun's GROUP_RANK
+
+    def layout(self) -> str:
+        """The world as the training log states it, e.g. ``2 nodes × 8 processes = 16 ranks``."""
+        if not self.enabled:
+            return "1 process"
+        nodes = max(1, self.world_size // max(self.local_world_size, 1))
+        return (f"{nodes} node(s) × {self.local_world_size} process(es) = {self.world_size} ranks "
+                f"(this log: rank {self.rank}, node {self.node_rank})")
 
     @property
     def is_main(self) -> bool:
@@ -46,8 +56,11 @@ def dist_info_from_env() -> DistInfo:
             raise ValueError(f"environment variable {name}={value!r} is not an integer "
                              "(set by torchrun; unset it to run one process)") from None
 
-    info = DistInfo(rank=read("RANK", 0), world_size=read("WORLD_SIZE", 1),
-                    local_rank=read("LOCAL_RANK", 0))
+    world_size = read("WORLD_SIZE", 1)
+    info = DistInfo(rank=read("RANK", 0), world_size=world_size,
+                    local_rank=read("LOCAL_RANK", 0),
+                    local_world_size=read("LOCAL_WORLD_SIZE", world_size),
+                    node_rank=read("GROUP_RANK", 0))
     if not 0 <= info.rank < info.world_size:
         raise ValueError(f"RANK={info.rank} is outside 0..WORLD_SIZE-1 (WORLD_SIZE={info.world_size})")
     return info

@@ -30,7 +30,6 @@ import zarr
 from torch import nn
 
 from dmn_data.errors import DataError
-from dmn_data.manifest import read_manifest
 from dmn_data.masks import decode_rle
 
 from dmn_model.checkpoint import (CheckpointError, latest_run, load_checkpoint,
@@ -69,6 +68,7 @@ class EvalConfig:
     # bf16 autocast; None = the run's training setting (see :func:`autocast_context`).
     amp: bool | None = None
     verify_sha256: bool = True  # hash each shard as it is read, against the manifest
+    cache_dir: str | None = None  # remote shards: keep a verified copy here
 
     def __post_init__(self) -> None:
         # nonsense numbers are refused here: --grid -1 used to loop forever, --size 0 was ignored
@@ -89,7 +89,7 @@ class Resolved:
     """The concrete files an :class:`EvalConfig` refers to."""
 
     checkpoint: Path
-    shards: Path
+    shards: str  # a folder, URL or pipe: command (dmn_data.location)
     out: Path
     size: int
 
@@ -117,10 +117,10 @@ def resolve(cfg: EvalConfig, ckpt: dict, ckpt_path: Path, run_dir: Path) -> Reso
         raise CheckpointError(f"{ckpt_path} does not name its input size; pass --size")
     name = f"{cfg.split}-ablate-language" if cfg.ablate_language else cfg.split
     out = Path(cfg.out) if cfg.out is not None else run_dir / "eval" / name
-    return Resolved(checkpoint=ckpt_path, shards=Path(shards), out=out, size=int(size))
+    return Resolved(checkpoint=ckpt_path, shards=str(shards), out=out, size=int(size))
 
 
-def check_split(manifest: dict, split: str, shards: Path) -> None:
+def check_split(manifest: dict, split: str, shards: str | Path) -> None:
     splits = sorted(manifest.get("splits", {}))
     if split not in splits:
         raise DataError(f"split {split!r} is not in {shards} (choose one of {', '.join(splits)})")
@@ -136,8 +136,9 @@ def vocab_sha256(shards: Path) -> str:
                         "written by dmn-data build") from None
 
 
-def check_vocab(ckpt: dict, shards: Path, source: str) -> None:
-    found = vocab_sha256(shards)
+def check_vocab(ckpt: dict, shards: str | Path, source: str, found: str | None = None) -> None:
+    """``found``: the shards' vocabulary sha256 when already known (remote shards)."""
+    found = found or vocab_sha256(Path(shards))
     if ckpt["vocab_sha256"] != found:
         raise CheckpointError(
             f"{source} was trained with vocabulary sha256 {ckpt['vocab_sha256'][:12]}…, but "
@@ -324,21 +325,21 @@ def evaluate(cfg: EvalConfig, info: DistInfo, device: torch.device,
         CheckpointError: no run, or a missing/corrupt checkpoint, or a vocabulary mismatch.
         DataError: bad shards or a split the manifest lacks.
     """
-    from dmn_data.stream import make_loader
+    from dmn_data.stream import make_loader, read_dataset
 
     ckpt_path, run_dir = find_checkpoint(cfg)
     ckpt = load_checkpoint(ckpt_path)
     where = resolve(cfg, ckpt, ckpt_path, run_dir)
     if where.out.exists() and not where.out.is_dir():
         raise DataError(f"--out {where.out} is a file; pass a folder for the evaluation's outputs")
-    manifest = read_manifest(where.shards)
-    check_split(manifest, cfg.split, where.shards)
-    check_vocab(ckpt, where.shards, str(where.checkpoint))
+    dataset = read_dataset(where.shards)  # manifest and vocabulary, from wherever they live
+    check_split(dataset.manifest, cfg.split, where.shards)
+    check_vocab(ckpt, where.shards, str(where.checkpoint), found=dataset.vocab_sha256)
     model = model_from_checkpoint(ckpt, str(where.checkpoint)).to(device)
-    loader = make_loader(str(where.shards), cfg.split, size=where.size, batch_size=cfg.batch_size,
+    loader = make_loader(where.shards, cfg.split, size=where.size, batch_size=cfg.batch_size,
                          train=False, workers=cfg.workers, rank=info.rank,
                          world_size=info.world_size, ablate_language=cfg.ablate_language,
-                         verify_sha256=cfg.verify_sha256)
+                         verify_sha256=cfg.verify_sha256, cache_dir=cfg.cache_dir, dataset=dataset)
     if info.is_main:
         where.out.mkdir(parents=True, exist_ok=True)
         log(f"evaluating {where.checkpoint} (step {ckpt.get('step', '?')}) on {where.shards} "

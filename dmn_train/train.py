@@ -26,7 +26,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dmn_data.errors import DataError
-from dmn_data.manifest import read_manifest
 
 from dmn_model import checkpoint as ck
 from dmn_model.checkpoint import CheckpointError
@@ -36,7 +35,7 @@ from dmn_model.pretrained import BackboneWeights, load_backbone_weights, resolve
 from dmn_model.sru import exclude_recurrence_from_compile
 
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_from_main, unwrap
-from .evaluate import autocast_context, enable_tf32, check_split, predict, vocab_sha256
+from .evaluate import autocast_context, enable_tf32, check_split, predict
 from .losses import masked_bce_with_logits, soft_iou_loss
 from .plots import plot_curves
 
@@ -93,6 +92,7 @@ class TrainConfig:
     compile: str = "none"  # torch.compile: none | backbone | all (see COMPILE_MODES)
     progress: bool = True  # progress bar on rank 0
     verify_sha256: bool = True  # hash each shard as it is read, against the manifest
+    cache_dir: str | None = None  # remote shards: keep a verified copy here (later epochs read it)
 
     def __post_init__(self) -> None:
         positive = ("size", "batch_size", "epochs", "accum_iters", "log_every")
@@ -199,7 +199,9 @@ def compute_loss(model: nn.Module, batch: dict, device: torch.device, cfg: Train
 
 
 def default_run_dir(cfg: TrainConfig, runs_root: str = "runs") -> Path:
-    name = Path(cfg.shards).resolve().name
+    from dmn_data.location import Location
+
+    name = Location.parse(cfg.shards).name
     return Path(runs_root) / f"{name}-{cfg.preset}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
@@ -310,11 +312,12 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
     Raises:
         CheckpointError / DataError / ValueError: bad checkpoint, shards or settings.
     """
-    from dmn_data.stream import make_loader
+    from dmn_data.location import Location
+    from dmn_data.stream import make_loader, read_dataset
 
     # ---- run directory ------------------------------------------------------------------------
-    # Absolute, so dmn-eval finds the shards from any working directory.
-    cfg = dataclasses.replace(cfg, shards=str(Path(cfg.shards).resolve()))
+    # Local folders absolute, so dmn-eval finds the shards from any working directory.
+    cfg = dataclasses.replace(cfg, shards=Location.parse(cfg.shards).canonical())
     if not cfg.out:
         # Every rank must agree on the timestamped name: rank 0 picks it.
         cfg = dataclasses.replace(cfg, out=broadcast_from_main(str(default_run_dir(cfg)), info))
@@ -334,25 +337,27 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
     # missing file or an offline cache should cost seconds, not a data pipeline start-up.
     fresh = not resume and not cfg.init_from
     weights = resolve_weights(model_cfg.backbone, cfg.pretrained) if fresh else None
-    shards = Path(cfg.shards)
-    manifest = read_manifest(shards)
-    check_split(manifest, cfg.split, shards)
+    shards = cfg.shards
+    dataset = read_dataset(shards)  # manifest and vocabulary, from wherever the shards live
+    check_split(dataset.manifest, cfg.split, shards)
     if cfg.val_split is not None:
-        check_split(manifest, cfg.val_split, shards)
-    vocab_sha = vocab_sha256(shards)
+        check_split(dataset.manifest, cfg.val_split, shards)
+    vocab_sha = dataset.vocab_sha256
 
     # ---- data ---------------------------------------------------------------------------------
-    loader = make_loader(str(shards), cfg.split, size=cfg.size, batch_size=cfg.batch_size,
+    loader = make_loader(shards, cfg.split, size=cfg.size, batch_size=cfg.batch_size,
                          train=True, workers=cfg.workers, seed=cfg.seed, rank=info.rank,
                          world_size=info.world_size, flip=cfg.flip,
                          epoch_batches=cfg.epoch_batches, pin_memory=device.type == "cuda",
-                         verify_sha256=cfg.verify_sha256)
+                         verify_sha256=cfg.verify_sha256, cache_dir=cfg.cache_dir,
+                         dataset=dataset)
     val_loader = None
     if cfg.val_split is not None:
-        val_loader = make_loader(str(shards), cfg.val_split, size=cfg.size,
+        val_loader = make_loader(shards, cfg.val_split, size=cfg.size,
                                  batch_size=cfg.eval_batch_size or cfg.batch_size, train=False,
                                  workers=cfg.workers, rank=info.rank, world_size=info.world_size,
-                                 verify_sha256=cfg.verify_sha256)
+                                 verify_sha256=cfg.verify_sha256, cache_dir=cfg.cache_dir,
+                                 dataset=dataset)
     steps_per_epoch = len(loader) // cfg.accum_iters
     if steps_per_epoch < 1:
         raise DataError(f"{cfg.split} gives {len(loader)} batches per rank, fewer than "
@@ -415,7 +420,7 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
         ck.checkpoint_dir(out).mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(
             {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg),
-             "shards": str(shards.resolve()), "vocab_sha256": vocab_sha,
+             "shards": shards, "vocab_sha256": vocab_sha,
              "world_size": info.world_size, "backbone_weights": backbone_weights},
             indent=1) + "\n", encoding="utf-8")
         ck.update_latest(out)
@@ -424,7 +429,7 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
         n = sum(p.numel() for p in model.parameters())
         log(f"run {out} | {n / 1e6:.2f} M params | {steps_per_epoch} steps/epoch | "
             f"{total_steps} steps | {'resuming at step ' + str(step) if resume else 'fresh'} | "
-            f"{info.world_size} rank(s) on {device}")
+            f"{info.layout()} on {device} | shards {shards}")
     barrier(info)
 
     def record(row: dict) -> None:

@@ -1080,14 +1080,14 @@ def test_killed_dataloader_worker_is_one_line(tmp_path, monkeypatch):
 
     ddir = write_dataset(tmp_path, splits={"train": 2, "val": 4}, shard_size=2)
     stream = sys.modules["dmn_data.stream"]
-    real = stream.make_example
+    real = stream.make_examples
 
     def killed(item, *args):
         if item["image_id"] == 4:  # the second shard's worker
             os.kill(os.getpid(), signal.SIGKILL)
         return real(item, *args)
 
-    monkeypatch.setattr(stream, "make_example", killed)
+    monkeypatch.setattr(stream, "make_examples", killed)
     with _Deadline(120), pytest.raises(DataError, match="data-loading worker process died"):
         list(make_loader(ddir, "val", size=32, batch_size=2, train=False, workers=2))
 
