@@ -406,13 +406,23 @@ class Loader:
                 if self.train and n == self.num_batches:
                     break
         except RuntimeError as err:
-            if "DataLoader worker" not in str(err):
+            died = worker_died(err)
+            if died is None:
                 raise
-            # torch's message for a worker killed by a signal (kill -9, the OOM killer)
-            raise DataError(f"a data-loading worker process died ({str(err).splitlines()[0][:120]}); free memory or "
-                            "lower --workers, then rerun (dmn-train: add --resume)") from None
+            raise died from None
         finally:
             del batches  # shuts the workers down now, not at garbage collection
+
+
+def worker_died(err: BaseException) -> DataError | None:
+    """The one-line DataError for torch's "DataLoader worker (pid N) is killed by signal" (kill -9,
+    the OOM killer), else None. torch raises it from its SIGCHLD handler, in whatever code the main
+    process runs at that moment (often the training step, not the loader): the CLIs convert it
+    too (``dmn_model.cli_errors``)."""
+    if not isinstance(err, RuntimeError) or "DataLoader worker" not in str(err):
+        return None
+    return DataError(f"a data-loading worker process died ({str(err).splitlines()[0][:120]}); free memory or "
+                     "lower --workers, then rerun (dmn-train: add --resume)")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ def _is_peer_failure(err: RuntimeError) -> bool:
 
 def user_errors_with(interrupt_hint: str | None = None):
     """A decorator for a CLI command: ``DataError``/``CheckpointError``/``ValueError`` → one line,
-    exit 2; Ctrl-C → exit 130 (after ``interrupt_hint``, if given); a peer of a distributed run
+    exit 2 (a killed DataLoader worker too); Ctrl-C → exit 130 (after ``interrupt_hint``, if given); a peer of a distributed run
     that died (a gloo/NCCL error in a collective) → one line, exit 3."""
 
     def decorate(fn):
@@ -44,6 +44,13 @@ def user_errors_with(interrupt_hint: str | None = None):
                     err_console.print(interrupt_hint)
                 raise typer.Exit(130) from None
             except RuntimeError as err:
+                from dmn_data.stream import worker_died
+
+                died = worker_died(err)
+                if died is not None:  # torch's SIGCHLD handler raised outside the loader
+                    err_console.print(f"[red]error:[/red] {escape(str(died))}", highlight=False,
+                                      soft_wrap=True)
+                    raise typer.Exit(2) from None
                 # Another rank (or node) died: gloo/NCCL raise from inside a collective.
                 if not _is_peer_failure(err):
                     raise

@@ -16,20 +16,30 @@ plain JPEG files, and the original DMN layout's per-ref float32 ``.pth`` masks. 
 
 Then a long training stream (``--long`` examples, 2 workers) reports the RSS of the main process
 and of each worker near its start and at its end.
+
+Then the same shards from a loopback HTTP server (a thread of this process), with 2 workers:
+the local folder, HTTP without a cache, HTTP with ``cache_dir`` while the cache fills (a fresh
+cache each round) and HTTP from a warm cache (every shard cached by one evaluation pass first),
+interleaved over the rounds. Loopback has no network latency or bandwidth limit: this measures
+our overhead (requests, hashing, copying into the cache), not a cloud's.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import hashlib
+import http.server
 import io
 import json
 import multiprocessing
 import os
 import platform
 import statistics
+import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -180,9 +190,11 @@ def original(examples: list[dict], size: int, batch_size: int, workers: int) -> 
     return n / (time.perf_counter() - start)
 
 
-def stream(ddir: Path, size: int, batch_size: int, workers: int, examples: int) -> float:
-    loader = make_loader(ddir, "train", size=size, batch_size=batch_size, train=True, workers=workers,
-                         epoch_batches=max(1, examples // batch_size))
+def stream(ddir: Path | str, size: int, batch_size: int, workers: int, examples: int,
+           cache_dir: Path | None = None) -> float:
+    loader = make_loader(str(ddir), "train", size=size, batch_size=batch_size, train=True, workers=workers,
+                         epoch_batches=max(1, examples // batch_size),
+                         cache_dir=str(cache_dir) if cache_dir else None)
     start = time.perf_counter()
     n = sum(b["image"].shape[0] for b in loader)
     return n / (time.perf_counter() - start)
@@ -218,6 +230,44 @@ def long_run(ddir: Path, size: int, batch_size: int, examples: int) -> dict:
             marks["start" if i == 20 else "end"] = {"main": _rss_mb(me), "workers": [_rss_mb(p) for p in _children(me)]}
     seconds = time.perf_counter() - start
     return {"examples": len(loader) * batch_size, "seconds": seconds, **marks}
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def http_runs(ddir: Path, tmp: Path, size: int, batch_size: int, examples: int, rounds: int) -> dict:
+    """examples/s (2 workers) per source, ``rounds`` interleaved rounds each."""
+    handler = functools.partial(_Quiet, directory=str(ddir.parent))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/{ddir.name}"
+    warm = tmp / "cache-warm"
+    # Every shard once, so the warm runs never download.
+    for _ in make_loader(url, "train", size=size, batch_size=batch_size, train=False, workers=2,
+                         cache_dir=str(warm)):
+        pass
+
+    def cold() -> float:
+        shutil.rmtree(tmp / "cache-cold", ignore_errors=True)
+        return stream(url, size, batch_size, 2, examples, cache_dir=tmp / "cache-cold")
+
+    runs = {"local folder": lambda: stream(ddir, size, batch_size, 2, examples),
+            "HTTP, no cache": lambda: stream(url, size, batch_size, 2, examples),
+            "HTTP, --cache-dir filling": cold,
+            "HTTP, --cache-dir warm": lambda: stream(url, size, batch_size, 2, examples, cache_dir=warm)}
+    rates: dict = {key: [] for key in runs}
+    try:
+        for _ in range(rounds):
+            for key, run in runs.items():
+                rates[key].append(run())
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+    return rates
 
 
 def main() -> None:
@@ -270,6 +320,13 @@ def main() -> None:
         fmt = lambda m: f"main {m['main']:.0f} MB, workers {', '.join(f'{x:.0f}' for x in m['workers'])} MB"  # noqa: E731
         print(f"\nlong run: {mem['examples']} examples, 2 workers, {mem['examples'] / mem['seconds']:.0f} examples/s")
         print(f"RSS after 20 batches: {fmt(mem['start'])}\nRSS at the last batch: {fmt(mem['end'])}")
+        rates = http_runs(ddir, Path(tmp), args.size, args.batch_size, n, args.rounds)
+        print(f"\nthe same stream (train, 2 workers) by source, median of {args.rounds} interleaved rounds\n")
+        print("| source | examples/s | range | / local |\n|---|---:|---:|---:|")
+        local = statistics.median(rates["local folder"])
+        for key, r in rates.items():
+            print(f"| {key} | {statistics.median(r):.0f} | {min(r):.0f}–{max(r):.0f} | "
+                  f"{statistics.median(r) / local:.2f} |")
 
 
 if __name__ == "__main__":

@@ -199,3 +199,34 @@ def test_verify_over_http(shards, server, tmp_path):
     result = CliRunner().invoke(app, ["verify", f"pipe:cat {copy}/{{}}", "--no-progress"])
     assert result.exit_code == 1
     assert "tiny-val-000002.tar: size or sha256 differs" in result.output
+
+
+def test_training_and_evaluation_over_http_match_the_folder(shards, server, tmp_path):
+    """A short training and an evaluation read the shards over HTTP: the same losses and the
+    same metrics as from the local folder (issue 14)."""
+    import json
+
+    import torch
+
+    from dmn_train.distributed import DistInfo
+    from dmn_train.evaluate import EvalConfig, evaluate
+    from dmn_train.train import model_config, train, train_config
+
+    _, url = server
+    results = {}
+    for name, where in (("local", str(shards)), ("http", url)):
+        out = tmp_path / name
+        cfg = train_config("tiny", where, out=str(out), size=SIZE, batch_size=3, workers=0, steps=4,
+                           log_every=1, eval_every=4, eval_batches=2, eval_batch_size=3,
+                           progress=False, val_split="val")
+        train(cfg, model_config("tiny"), DistInfo(), torch.device("cpu"), log=lambda m: None)
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        metrics = evaluate(EvalConfig(split="val", run=str(out), shards=where, batch_size=3,
+                                      workers=0, progress=False, grid=0, predictions=False,
+                                      out=str(tmp_path / f"eval-{name}")),
+                           DistInfo(), torch.device("cpu"), log=lambda m: None)
+        results[name] = ([r["loss"] for r in rows if r["kind"] == "train"], metrics)
+    (local_loss, local_metrics), (http_loss, http_metrics) = results["local"], results["http"]
+    assert len(local_loss) == 4 and local_loss == http_loss
+    assert local_metrics["sentences"] == http_metrics["sentences"] > 0
+    assert local_metrics["fixed"] == http_metrics["fixed"]
