@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dmn_data.images import to_rgb
 from dmn_data.keys import PAD_ID, UNK_ID
 from dmn_data.tokens import tokenize, vocab_bytes
 from dmn_data.transforms import decode_resized, resized_shape
@@ -281,7 +282,7 @@ class Segmenter:
                 with Image.open(io.BytesIO(data)) as im:
                     width, height = im.size
                     if exif_transpose:
-                        rgb = _resize(ImageOps.exif_transpose(im).convert("RGB"), size)
+                        rgb = _resize(to_rgb(ImageOps.exif_transpose(im)), size)
                 if not exif_transpose:
                     rgb = decode_resized(data, height, width, size)
             except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
@@ -289,7 +290,7 @@ class Segmenter:
                 raise ValueError(f"cannot read image {path}: {reason}") from None
         elif isinstance(image, Image.Image):
             im = ImageOps.exif_transpose(image) if exif_transpose else image
-            rgb = _resize(im.convert("RGB"), size)
+            rgb = _resize(to_rgb(im), size)
         elif isinstance(image, np.ndarray):
             rgb = _resize(_array_image(image), size)
         else:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from dmn_data.images import to_rgb
 from dmn_data.toy import generate_toy
 
 from .render import PALETTE, explain_figure, heatmap, overlay
@@ -74,7 +75,7 @@ def load_image(path: str | Path | None, max_pixels: int = MAX_PIXELS) -> Image.I
                                      f"this demo takes at most {max_pixels / 1e6:.1f} MP")
             from PIL import ImageOps
 
-            return ImageOps.exif_transpose(im).convert("RGB")
+            return to_rgb(ImageOps.exif_transpose(im))
     except DemoInputError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:

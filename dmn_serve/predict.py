@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from dmn_data.images import to_rgb
 from dmn_data.tokens import tokenize
 from dmn_data.transforms import encode_rle
 from dmn_model.segmenter import Segmenter
@@ -152,7 +153,7 @@ def _picture(image: str, exif_transpose: bool) -> np.ndarray:
     from PIL import ImageOps
 
     with Image.open(image) as im:
-        return np.asarray((ImageOps.exif_transpose(im) if exif_transpose else im).convert("RGB"))
+        return np.asarray(to_rgb(ImageOps.exif_transpose(im) if exif_transpose else im))
 
 
 def _unique_stem(image: str, seen: dict[str, str]) -> str:

@@ -11,6 +11,8 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
+from dmn_data.images import to_rgb
+
 #: distinct colours for up to ten masks on one image (then they repeat)
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -22,9 +24,9 @@ def as_rgb(image: Any) -> np.ndarray:
     if isinstance(image, np.ndarray):
         return image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(to_rgb(image))
     with Image.open(image) as im:
-        return np.asarray(im.convert("RGB"))
+        return np.asarray(to_rgb(im))
 
 
 def overlay(image: Any, masks: Sequence[np.ndarray] | np.ndarray,

@@ -48,14 +48,21 @@ def _worker(rank: int, world_size: int, port: int, shards: str, tmp: str) -> Non
 
 
 def test_dist_info_from_env(monkeypatch):
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK"):
         monkeypatch.delenv(k, raising=False)
     assert dist_info_from_env() == DistInfo(0, 1, 0) and not dist_info_from_env().enabled
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     info = dist_info_from_env()
-    assert info == DistInfo(1, 2, 1) and info.enabled and not info.is_main
+    # without LOCAL_WORLD_SIZE every rank is taken to be on this node
+    assert info == DistInfo(1, 2, 1, local_world_size=2) and info.enabled and not info.is_main
+    assert info.layout().startswith("1 node(s) × 2 process(es) = 2 ranks")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setenv("GROUP_RANK", "1")
+    info = dist_info_from_env()
+    assert (info.local_world_size, info.node_rank) == (1, 1)
+    assert info.layout() == "2 node(s) × 1 process(es) = 2 ranks (this log: rank 1, node 1)"
     monkeypatch.setenv("RANK", "2")
     with pytest.raises(ValueError, match="RANK=2"):
         dist_info_from_env()

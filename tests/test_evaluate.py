@@ -153,6 +153,13 @@ def test_errors(shards, tmp_path):
                  log=lambda m: None)
     other = make_shards(tmp_path / "other")
     (other / "vocab.json").write_text(json.dumps(["<pad>", "<unk>", "zebra"]))
+    # a vocab.json that its own manifest does not list: the shards are broken
+    with pytest.raises(DataError, match="does not match the sha256"):
+        evaluate(dataclasses.replace(base, shards=str(other)), DistInfo(), CPU, log=lambda m: None)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["vocab"]["sha256"] = hashlib.sha256((other / "vocab.json").read_bytes()).hexdigest()
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    # consistent shards with another vocabulary than the checkpoint's
     with pytest.raises(CheckpointError, match="vocabulary"):
         evaluate(dataclasses.replace(base, shards=str(other)), DistInfo(), CPU, log=lambda m: None)
 

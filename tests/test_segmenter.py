@@ -242,3 +242,21 @@ def test_bf16_autocast_runs_and_stays_close(trained):
     assert np.abs(pred.probs - fp32.probs).max() < 0.05
     with pytest.raises(ValueError, match="dtype"):
         Segmenter.from_pretrained(trained[3], device="cpu", dtype="fp16")
+
+
+def test_sixteen_bit_grey_png_reads_as_its_high_byte(trained, tmp_path):
+    """A 16-bit greyscale PNG (mode I;16): PIL's convert("RGB") clipped it to white; the
+    Segmenter (file, PIL image, EXIF path) and dmn-predict's picture read it as the shards do."""
+    from dmn_serve.render import as_rgb
+
+    grey = np.random.default_rng(3).integers(0, 65536, (40, 60), dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / "g16.png")  # uint16 → mode I;16
+    Image.fromarray((grey >> 8).astype(np.uint8)).save(tmp_path / "g8.png")
+    with Image.open(tmp_path / "g16.png") as im:
+        assert im.mode.startswith("I")
+    seg = Segmenter.from_pretrained(trained[3], device="cpu")
+    want = seg.predict(tmp_path / "g8.png", "the red shape")[0].probs
+    for source, kw in ((tmp_path / "g16.png", {}), (tmp_path / "g16.png", {"exif_transpose": True}),
+                       (Image.open(tmp_path / "g16.png"), {})):
+        np.testing.assert_array_equal(seg.predict(source, "the red shape", **kw)[0].probs, want)
+    np.testing.assert_array_equal(as_rgb(tmp_path / "g16.png"), as_rgb(tmp_path / "g8.png"))
