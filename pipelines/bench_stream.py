@@ -15,7 +15,8 @@ plain JPEG files, and the original DMN layout's per-ref float32 ``.pth`` masks. 
   of the ref's ``.pth`` mask + resize to ``--size`` + pad, through a torch DataLoader.
 
 Then a long training stream (``--long`` examples, 2 workers) reports the RSS of the main process
-and of each worker near its start and at its end.
+and of each worker near its start and at its end, and how well batches mix images (distinct
+images per example of a batch, averaged).
 
 Then the same shards from a loopback HTTP server (a thread of this process), with 2 workers:
 the local folder, HTTP without a cache, HTTP with ``cache_dir`` while the cache fills (a fresh
@@ -223,13 +224,14 @@ def long_run(ddir: Path, size: int, batch_size: int, examples: int) -> dict:
     """RSS (MB) of the main process and each worker after 20 batches and at the last batch."""
     loader = make_loader(ddir, "train", size=size, batch_size=batch_size, train=True, workers=2,
                          epoch_batches=max(21, examples // batch_size))
-    me, marks = os.getpid(), {}
+    me, marks, distinct = os.getpid(), {}, []
     start = time.perf_counter()
-    for i, _ in enumerate(loader, 1):
+    for i, batch in enumerate(loader, 1):
+        distinct.append(len(set(batch["image_id"].tolist())) / len(batch["image_id"]))
         if i == 20 or i == len(loader):
             marks["start" if i == 20 else "end"] = {"main": _rss_mb(me), "workers": [_rss_mb(p) for p in _children(me)]}
     seconds = time.perf_counter() - start
-    return {"examples": len(loader) * batch_size, "seconds": seconds, **marks}
+    return {"examples": len(loader) * batch_size, "seconds": seconds, "distinct": statistics.mean(distinct), **marks}
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -320,6 +322,8 @@ def main() -> None:
         fmt = lambda m: f"main {m['main']:.0f} MB, workers {', '.join(f'{x:.0f}' for x in m['workers'])} MB"  # noqa: E731
         print(f"\nlong run: {mem['examples']} examples, 2 workers, {mem['examples'] / mem['seconds']:.0f} examples/s")
         print(f"RSS after 20 batches: {fmt(mem['start'])}\nRSS at the last batch: {fmt(mem['end'])}")
+        print(f"mixing: {mem['distinct']:.3f} distinct images per example in a batch (1 = every "
+              f"example of a batch from another image)")
         rates = http_runs(ddir, Path(tmp), args.size, args.batch_size, n, args.rounds)
         print(f"\nthe same stream (train, 2 workers) by source, median of {args.rounds} interleaved rounds\n")
         print("| source | examples/s | range | / local |\n|---|---:|---:|---:|")
