@@ -180,16 +180,27 @@ def normalization(backbone: nn.Module) -> tuple[tuple[float, ...], tuple[float, 
 
 
 def spatial_coords(height: int, width: int, device: torch.device | None = None,
-                   dtype: torch.dtype = torch.float32) -> Tensor:
+                   dtype: torch.dtype = torch.float32, extent: Tensor | None = None) -> Tensor:
     """The 8 coordinate maps of text_objseg / DMN for a ``height × width`` grid.
 
     Returns ``(1, 8, height, width)``: per cell xmin, ymin, xmax, ymax, xctr, yctr (cell edges and
     centre in [-1, 1]), 1/width, 1/height.
+
+    With ``extent`` (``(N, 2)`` int: rows, columns of the grid each of ``N`` images covers, the
+    rest being padding), returns ``(N, 8, height, width)``: the maps span each image's own cells
+    ([-1, 1] across them, as the original DMN's unpadded batch of one) and go on past 1 into the
+    padding; the last two maps are 1/columns and 1/rows of the image.
     """
+    if extent is None:
+        extent = torch.tensor([[height, width]], device=device)
+    rows = extent[:, 0].to(device=device, dtype=torch.float64).view(-1, 1, 1)
+    cols = extent[:, 1].to(device=device, dtype=torch.float64).view(-1, 1, 1)
     y, x = torch.meshgrid(torch.arange(height, device=device, dtype=torch.float64),
                           torch.arange(width, device=device, dtype=torch.float64), indexing="ij")
-    xmin, xmax = x / width * 2 - 1, (x + 1) / width * 2 - 1
-    ymin, ymax = y / height * 2 - 1, (y + 1) / height * 2 - 1
+    xmin, xmax = x / cols * 2 - 1, (x + 1) / cols * 2 - 1
+    ymin, ymax = y / rows * 2 - 1, (y + 1) / rows * 2 - 1
+    shape = xmin.shape[:1] + (height, width)
+    xmin, xmax, ymin, ymax = (m.expand(shape) for m in (xmin, xmax, ymin, ymax))
     maps = [xmin, ymin, xmax, ymax, (xmin + xmax) / 2, (ymin + ymax) / 2,
-            torch.full_like(x, 1 / width), torch.full_like(x, 1 / height)]
-    return torch.stack(maps)[None].to(dtype)
+            (1 / cols).expand(shape), (1 / rows).expand(shape)]
+    return torch.stack(maps, dim=1).to(dtype)

@@ -39,6 +39,10 @@ class DMNConfig:
     # Where the backbone's starting weights come from is not architecture: it is the trainer's
     # ``--pretrained`` (TrainConfig.pretrained), recorded in checkpoints as ``backbone_weights``.
     backbone_final_norm: bool = True
+    # The 8 coordinate maps span each image's own region of the padded batch (as the original's
+    # unpadded batch of one), not the padded square, so a cell's coordinates do not depend on the
+    # image's aspect ratio. False in configs written before this field existed.
+    coords_over_image: bool = True
     # Language module: word embedding size, recurrent hidden size and depth.
     emb_size: int = 1000
     hid_size: int = 1000
@@ -74,7 +78,8 @@ class DMNConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"DMNConfig.{name} must be a positive int, got {value!r}")
-        for name in ("mix_we", "lstm", "high_res", "freeze", "backbone_final_norm"):
+        for name in ("mix_we", "lstm", "high_res", "freeze", "backbone_final_norm",
+                     "coords_over_image"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"DMNConfig.{name} must be true or false, "
                                  f"got {getattr(self, name)!r}")
@@ -144,7 +149,7 @@ class DMNConfig:
 
 
 #: Fields added after configs were first stored, and the value their absence means.
-_ABSENT_MEANS: dict[str, Any] = {"backbone_final_norm": False}
+_ABSENT_MEANS: dict[str, Any] = {"backbone_final_norm": False, "coords_over_image": False}
 #: Fields of older versions that no longer exist (ignored when read).
 _RETIRED = frozenset({"pretrained_path"})
 

@@ -19,10 +19,13 @@ from .upsampling import Upsampling
 @dataclass(frozen=True)
 class ImageFeatures:
     """What :meth:`DMN.encode_image` computes once per image: the backbone's feature maps, finest
-    first (``(N, C_i, ⌈H/r_i⌉, ⌈W/r_i⌉)``), and the ``(H, W)`` of the images."""
+    first (``(N, C_i, ⌈H/r_i⌉, ⌈W/r_i⌉)``), the ``(H, W)`` of the (padded) images, and
+    ``image_size``, ``(N, 2)`` int64 ``(h', w')`` of each image inside its padding (top-left), or
+    None when the images fill their ``H × W``."""
 
     maps: list[Tensor]
     size: tuple[int, int]
+    image_size: Tensor | None = None
 
 
 class DMN(nn.Module):
@@ -101,8 +104,8 @@ class DMN(nn.Module):
         ``(x / 255 - mean) / std`` with the backbone's mean/std (timm ``pretrained_cfg``)."""
         return (images.float() - self.pixel_mean) / self.pixel_std
 
-    def forward(self, images: Tensor, tokens: Tensor, lengths: Tensor, return_aux: bool = False
-                ) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, images: Tensor, tokens: Tensor, lengths: Tensor, return_aux: bool = False,
+                image_size: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """Segment the referred object: :meth:`encode_image` then :meth:`segment`.
 
         Args:
@@ -110,6 +113,9 @@ class DMN(nn.Module):
             tokens: ``(B, T)`` int64 token ids, right-padded with 0.
             lengths: ``(B,)`` int64, real tokens per sentence, in ``1..T``.
             return_aux: also return the low-res logits (for an auxiliary low-res loss).
+            image_size: ``(B, 2)`` int64 ``(h', w')`` of each image inside its bottom/right
+                padding (the loader's ``resized_size``); None = the images fill ``H × W``. The
+                coordinate maps span this region (``coords_over_image``).
 
         Returns:
             logits ``(B, 1, H, W)`` with ``high_res``, else ``(B, 1, ⌈H/s⌉, ⌈W/s⌉)`` with ``s`` =
@@ -117,13 +123,16 @@ class DMN(nn.Module):
             ``return_aux``, the pair ``(logits, lowres_logits)`` (the same tensor twice in
             low-res mode). A sentence's logits do not depend on the padding around it.
         """
-        return self.segment(self.encode_image(images), tokens, lengths, return_aux=return_aux)
+        return self.segment(self.encode_image(images, image_size), tokens, lengths,
+                            return_aux=return_aux)
 
-    def encode_image(self, images: Tensor) -> ImageFeatures:
-        """The visual module alone, for ``(N, 3, H, W)`` normalized images. Run it once per image
-        and pass the result to :meth:`segment` with any number of sentences about those images."""
+    def encode_image(self, images: Tensor, image_size: Tensor | None = None) -> ImageFeatures:
+        """The visual module alone, for ``(N, 3, H, W)`` normalized images (``image_size`` as in
+        :meth:`forward`). Run it once per image and pass the result to :meth:`segment` with any
+        number of sentences about those images."""
         with self._frozen():
-            return ImageFeatures(self.backbone(images), (images.shape[-2], images.shape[-1]))
+            return ImageFeatures(self.backbone(images), (images.shape[-2], images.shape[-1]),
+                                 image_size)
 
     def segment(self, features: ImageFeatures, tokens: Tensor, lengths: Tensor,
                 image_index: Tensor | None = None, return_aux: bool = False
@@ -156,7 +165,8 @@ class DMN(nn.Module):
         # Image-only work (coordinates, the visual fusion term, the skip terms of the
         # upsampling convs) runs on the N images; only per-sentence results are gathered.
         with self._frozen():
-            multimodal = self._multimodal(maps[-1], tokens, lengths, image_index)
+            multimodal = self._multimodal(maps[-1], tokens, lengths, image_index,
+                                          self._extent(features))
             lowres = self.collapse(multimodal)
         if self.upsampling is None:
             return (lowres, lowres) if return_aux else lowres
@@ -172,12 +182,24 @@ class DMN(nn.Module):
         frozen = self.config.freeze and torch.is_grad_enabled()
         return torch.no_grad() if frozen else contextlib.nullcontext()
 
+    def _extent(self, features: ImageFeatures) -> Tensor | None:
+        """``(N, 2)`` cells of the top grid each image covers (``⌈h' · h / H⌉``), or None for the
+        whole grid (no ``image_size``, or a config from before ``coords_over_image``)."""
+        if features.image_size is None or not self.config.coords_over_image:
+            return None
+        top = features.maps[-1]
+        grid = torch.tensor(top.shape[-2:], device=top.device, dtype=torch.int64)
+        full = torch.tensor(features.size, device=top.device, dtype=torch.int64)
+        size = features.image_size.to(top.device, torch.int64)
+        cells = torch.div(size * grid + full - 1, full, rounding_mode="floor")  # ceil
+        return torch.minimum(cells.clamp(min=1), grid)
+
     def _multimodal(self, top: Tensor, tokens: Tensor, lengths: Tensor,
-                    image_index: Tensor | None = None) -> Tensor:
+                    image_index: Tensor | None = None, extent: Tensor | None = None) -> Tensor:
         """``top (N, C, h, w)`` top backbone feature of ``N`` images, ``B`` sentences →
-        multimodal map ``(B, hid_mixed, h, w)``."""
+        multimodal map ``(B, hid_mixed, h, w)``; ``extent`` as :func:`spatial_coords`."""
         images, _, height, width = top.shape
-        coords = spatial_coords(height, width, device=top.device, dtype=top.dtype)
+        coords = spatial_coords(height, width, device=top.device, dtype=top.dtype, extent=extent)
         vis = torch.cat([top, coords.expand(images, -1, -1, -1)], dim=1)
         steps = tokens.shape[1]
         mask_pad = torch.arange(steps, device=tokens.device)[:, None] >= lengths[None, :]

@@ -343,7 +343,9 @@ class Segmenter:
                 if explain else None)
         try:
             with self._autocast():
-                features = self.model.encode_image(self.model.normalize(pixels))
+                features = self.model.encode_image(
+                    self.model.normalize(pixels),
+                    torch.tensor([resized], dtype=torch.int64, device=self.device))
                 logits = self.model.segment(
                     features, tokens, lengths,
                     image_index=torch.zeros(len(phrases), dtype=torch.int64, device=self.device))

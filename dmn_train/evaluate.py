@@ -266,7 +266,8 @@ def predict(model: nn.Module, loader, device: torch.device, info: DistInfo, *, t
         images = batch["image"].to(device, non_blocking=True)
         with autocast:
             logits = model(model.normalize(images), batch["tokens"].to(device),
-                           batch["lengths"].to(device))
+                           batch["lengths"].to(device),
+                           image_size=batch["resized_size"].to(device))
         logits = to_input_size(logits, images.shape[-2:])
         inter, union = [], []
         for b in range(images.shape[0]):

@@ -190,7 +190,7 @@ def compute_loss(model: nn.Module, batch: dict, device: torch.device, cfg: Train
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast:
         logits, lowres = model(x, batch["tokens"].to(device), batch["lengths"].to(device),
-                               return_aux=True)
+                               return_aux=True, image_size=batch["resized_size"].to(device))
     main = soft_iou_loss if cfg.iou_loss else masked_bce_with_logits
     loss = main(logits.float(), target, valid)
     if cfg.aux_weight and lowres is not logits:
@@ -430,6 +430,11 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
         log(f"run {out} | {n / 1e6:.2f} M params | {steps_per_epoch} steps/epoch | "
             f"{total_steps} steps | {'resuming at step ' + str(step) if resume else 'fresh'} | "
             f"{info.layout()} on {device} | shards {shards}")
+        log(f"optimizer step: {cfg.batch_size * cfg.accum_iters * info.world_size} sentences "
+            f"(--batch-size {cfg.batch_size} × --accum-iters {cfg.accum_iters} × "
+            f"{info.world_size} process{'es' if info.world_size > 1 else ''}) | Adam lr "
+            f"{cfg.lr:g}, {cfg.schedule} schedule" + (f", {cfg.warmup_steps} warmup steps"
+                                                      if cfg.warmup_steps else ""))
     barrier(info)
 
     def record(row: dict) -> None:

@@ -3,23 +3,28 @@
 # from the low-res best.pt) → evaluation on every split → a table next to the original DMN numbers.
 #
 #   pipelines/paper.sh DATASET [--data-root data] [--shards shards] [--runs runs] [--nproc N]
-#                      [--allow-cpu] [-- extra dmn-train flags for both stages]
+#                      [--batch B] [--micro-batch M] [--allow-cpu] [-- extra dmn-train flags]
 #
 # DATASET: unc, unc+, gref, referit (gref-umd works too, with no published DMN number).
 # --nproc N > 1 runs both stages under `torchrun --standalone --nproc_per_node N` (one node).
+# --batch B: sentences per optimizer step, whatever N is (default 1, the original's, at its Adam
+# lr 1e-5; a different lr goes in the extra flags: -- --lr 1e-4). Each process takes B/N of them
+# in micro-batches of M (default B/N; lower it to fit GPU memory), accumulated B/(N·M) times.
 # The first step checks the inputs (data, GPU, backbone weights); nothing long starts before.
 set -euo pipefail
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
 dataset=$1; shift
-data_root=data shards=shards runs=runs nproc=1 allow_cpu=0 extra=()
+data_root=data shards=shards runs=runs nproc=1 batch=1 micro="" allow_cpu=0 extra=()
 while [ $# -gt 0 ]; do
   case $1 in
     --data-root) data_root=$2; shift 2 ;;
     --shards) shards=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --nproc) nproc=$2; shift 2 ;;
+    --batch) batch=$2; shift 2 ;;
+    --micro-batch) micro=$2; shift 2 ;;
     --allow-cpu) allow_cpu=1; shift ;;
     --) shift; extra=("$@"); break ;;
     -h|--help) usage ;;
@@ -35,6 +40,29 @@ case $dataset in
   referit)  refer=refclef;  split_by=berkeley; images=images/saiapr_tc-12;            splits="test" ;;
   *) echo "error: unknown dataset '$dataset'; choose from unc, unc+, gref, gref-umd, referit" >&2; exit 2 ;;
 esac
+# ---- the effective batch: B sentences per optimizer step, split over N processes -------------
+for v in "nproc=$nproc" "batch=$batch" "micro-batch=${micro:-1}"; do
+  [[ ${v#*=} =~ ^[1-9][0-9]*$ ]] || { echo "error: --${v%%=*} ${v#*=}: give a positive integer" >&2; exit 2; }
+done
+for flag in "${extra[@]}"; do
+  case $flag in
+    --batch-size|--batch-size=*|--accum-iters|--accum-iters=*)
+      echo "error: $flag: paper.sh sets the batch itself; use --batch B (sentences per optimizer step) and --micro-batch M" >&2; exit 2 ;;
+  esac
+done
+if (( batch % nproc )); then
+  echo "error: --batch $batch sentences per step cannot be split over --nproc $nproc processes: give --batch a multiple of $nproc (the original: 1 sentence per step at lr 1e-5; if you change the batch, choose the lr with -- --lr)" >&2
+  exit 2
+fi
+share=$(( batch / nproc )); micro=${micro:-$share}
+if (( micro > share || share % micro )); then
+  echo "error: --micro-batch $micro must divide the $share sentences each of the $nproc processes takes per step" >&2
+  exit 2
+fi
+accum=$(( share / micro ))
+batching=(--batch-size "$micro" --accum-iters "$accum")
+echo "paper.sh: $batch sentences per optimizer step = $nproc process(es) x micro-batch $micro x $accum accumulated; lr: dmn-train's (paper preset 1e-5) unless -- --lr is given"
+
 dir=$shards/${dataset//+/plus}
 name=${dataset//+/plus}
 
@@ -77,13 +105,14 @@ dmn-data build --dataset "$dataset" --data-root "$data_root" --out "$shards"
 # ---- 3. low-res stage (the original README: dpn92, K=10, 3 language layers, mix-we) ---------
 low=$runs/$name-low
 if [ -f "$low/checkpoints/last.pt" ]; then resume=(--resume); else resume=(); fi
-"${train[@]}" --shards "$dir" --preset paper --out "$low" "${resume[@]}" "${extra[@]}"
+"${train[@]}" --shards "$dir" --preset paper --out "$low" "${resume[@]}" "${batching[@]}" "${extra[@]}"
 
-# ---- 4. high-res stage, from the low-res weights ---------------------------------------------
+# ---- 4. high-res stage (4 epochs), from the low-res weights ----------------------------------
 high=$runs/$name-high
 init=$low/checkpoints/best.pt; [ -f "$init" ] || init=$low/checkpoints/last.pt
 if [ -f "$high/checkpoints/last.pt" ]; then stage2=(--resume); else stage2=(--init-from "$init"); fi
-"${train[@]}" --shards "$dir" --preset paper --high-res --out "$high" "${stage2[@]}" "${extra[@]}"
+# The original README's high-res stage: 4 epochs (extra flags come last and win).
+"${train[@]}" --shards "$dir" --preset paper --high-res --epochs 4 --out "$high" "${stage2[@]}" "${batching[@]}" "${extra[@]}"
 
 # ---- 5. every evaluation split, then the table ------------------------------------------------
 for split in $splits; do

@@ -175,3 +175,42 @@ def test_eight_sentences_on_two_images_equal_per_sentence_forward(high_res, free
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
     with pytest.raises(ValueError, match="image_index"):
         model.segment(features, tokens, lengths, torch.tensor([0, 1, 2, 0, 0, 1, 0, 0]))
+
+
+def test_coordinates_span_each_image_not_its_padding():
+    """The same image padded two ways (a 64×48 image alone, and in a 96×96 padded batch): after
+    the backbone, a sentence's low-res logits depend on the image's own cells only, because the
+    coordinate maps span the image's region (the original's unpadded batch of one). A config
+    from before ``coords_over_image`` spans the padded grid, and the padding moves its logits."""
+    from dmn_model.backbone import spatial_coords
+    from dmn_model.network import ImageFeatures
+
+    inside = spatial_coords(6, 6, extent=torch.tensor([[4, 3], [6, 6]]))
+    assert inside.shape == (2, 8, 6, 6)
+    torch.testing.assert_close(inside[0, :, :4, :3], spatial_coords(4, 3)[0])
+    torch.testing.assert_close(inside[1:], spatial_coords(6, 6))
+    assert float(inside[0, 2, 0, -1]) == 3.0  # xmax goes on past 1 into the padding
+
+    torch.manual_seed(0)
+    model = DMN(_small(), VOCAB).eval()
+    old = DMN(_small(coords_over_image=False), VOCAB).eval()
+    old.load_state_dict(model.state_dict())
+    images, tokens, lengths = _batch(batch=1, size=64, seed=2)
+    images = images[..., :48]
+    size = torch.tensor([[64, 48]])
+    with torch.no_grad():
+        alone = model.encode_image(model.normalize(images), size)
+        assert [m.shape[-2:] for m in alone.maps][-1] == (4, 3)
+        # The padded batch's features: the same cells, zeros beyond (padding is any value).
+        padded = ImageFeatures([torch.nn.functional.pad(m, (0, m.shape[-1], 0, m.shape[-2] // 2),
+                                                        value=5.0)
+                                for m in alone.maps], (96, 96), size)
+        for net, same in ((model, True), (old, False)):
+            _, lowres = net.segment(alone, tokens, lengths, return_aux=True)
+            _, in_batch = net.segment(padded, tokens, lengths, return_aux=True)
+            assert in_batch.shape[-2:] == (6, 6)
+            close = torch.allclose(in_batch[..., :4, :3], lowres, atol=1e-6, rtol=1e-5)
+            assert close == same
+        # forward passes image_size on; without it the images fill their canvas (as before).
+        full = model(model.normalize(images), tokens, lengths)
+        torch.testing.assert_close(model(model.normalize(images), tokens, lengths, image_size=size), full)

@@ -12,6 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Tiny-model flags that make any recipe finish in seconds on a CPU.
 FAST = ["--preset", "tiny", "--size", "32", "--batch-size", "4", "--steps", "2", "--eval-every", "2",
         "--eval-batches", "1", "--workers", "0", "--no-progress"]
+# paper.sh sets --batch-size/--accum-iters itself (from its --batch, --micro-batch).
+PAPER_FAST = [f for f in FAST if f not in ("--batch-size", "4")]
 
 
 def _run(args, cwd, env_extra=None):
@@ -31,8 +33,12 @@ def test_paper_recipe_says_what_is_missing(tmp_path):
 
 def test_paper_recipe_end_to_end_on_a_stand_in(tmp_path):
     make_refer_root(tmp_path / "data", "refcoco", "unc", images_per_split=3)
-    r = _run(["bash", REPO / "pipelines/paper_unc.sh", "--data-root", "data", "--allow-cpu", "--", *FAST], tmp_path)
+    r = _run(["bash", REPO / "pipelines/paper_unc.sh", "--data-root", "data", "--allow-cpu",
+              "--batch", "4", "--micro-batch", "2", "--", *PAPER_FAST], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    assert "4 sentences per optimizer step = 1 process(es) x micro-batch 2 x 2 accumulated" in out
+    assert out.count("optimizer step: 4 sentences (--batch-size 2 × --accum-iters 2 × 1 process)") == 2
     for split in ("val", "testA", "testB"):
         assert (tmp_path / "runs/unc-high/eval" / split / "metrics.json").is_file()
     table = [ln for ln in r.stdout.splitlines() if ln.startswith("| testA")]
@@ -41,6 +47,19 @@ def test_paper_recipe_end_to_end_on_a_stand_in(tmp_path):
     high = json.loads((tmp_path / "runs/unc-high/config.json").read_text())
     assert json.dumps(high).count("init_from") and "unc-low" in json.dumps(high)
     assert low != high
+    assert [(c["train"]["batch_size"], c["train"]["accum_iters"]) for c in (low, high)] == [(2, 2)] * 2
+
+
+def test_paper_recipe_keeps_the_batch_it_is_given(tmp_path):
+    """--nproc never multiplies the batch: a batch that does not split is refused up front."""
+    for args, says in ((["--nproc", "2"], "--batch 1 sentences per step cannot be split over --nproc 2"),
+                       (["--nproc", "2", "--batch", "8", "--micro-batch", "3"], "--micro-batch 3 must divide the 4"),
+                       (["--batch", "0"], "--batch 0: give a positive integer"),
+                       (["--", "--batch-size", "8"], "--batch-size: paper.sh sets the batch itself")):
+        r = _run(["bash", REPO / "pipelines/paper_unc.sh", "--data-root", "data", *args], tmp_path)
+        assert r.returncode == 2 and says in r.stderr, (args, r.stderr)
+        assert r.stderr.count("error:") == 1
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "shards").exists()
 
 
 def test_toy_run_recipe(tmp_path):
@@ -82,7 +101,7 @@ def test_paper_recipe_checks_backbone_weights_first(tmp_path):
     (tmp_path / "hf").mkdir()
     env_extra = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     r = _run(["bash", REPO / "pipelines/paper_unc.sh", "--data-root", "data", "--allow-cpu",
-              "--", *FAST, "--backend", "resnet18"], tmp_path, env_extra)
+              "--", *PAPER_FAST, "--backend", "resnet18"], tmp_path, env_extra)
     assert r.returncode == 2, r.stderr[-3000:]
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "resnet18.a1_in1k" in errors[0] and "--fetch-weights" in errors[0]
