@@ -55,6 +55,10 @@ def eval_cmd(
     verify_sha256: Annotated[bool, Opt("--verify-sha256/--no-verify-sha256",
                                        help="Check each shard's sha256 against the manifest as it is read.")] = True,
     cache_dir: Annotated[Optional[Path], Opt(help="Remote shards: keep each verified shard here.")] = None,
+    bn_mode: Annotated[str, Opt(help="BatchNorm at evaluation: 'eval' (running statistics, "
+                                "batched) or 'per-image' (the original DMN's: each sentence alone "
+                                "on its unpadded image, BatchNorm on the image's own statistics; "
+                                "slower; writes to <run>/eval/<split>-bn-per-image).")] = "eval",
 ) -> None:
     """Write metrics.json, predictions.zarr and best_worst.png to <run>/eval/<split>/."""
     if from_predictions is not None:
@@ -69,7 +73,7 @@ def eval_cmd(
                      threshold=0.5 if threshold is None else threshold, batch_size=batch_size,
                      workers=workers, out=str(out) if out else None, device=device.value,
                      predictions=predictions, grid=grid, ablate_language=ablate_language,
-                     progress=progress, amp=amp,
+                     progress=progress, amp=amp, bn_mode=bn_mode,
                      verify_sha256=verify_sha256, cache_dir=str(cache_dir) if cache_dir else None)
     info = dist_info_from_env()
     device_ = select_device(info, cfg.device)

@@ -14,6 +14,7 @@ Outputs in ``<out>`` (default ``runs/<name>/eval/<split>/``): ``metrics.json``,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import zarr
-from torch import nn
+from torch import Tensor, nn
 
 from dmn_data.errors import DataError
 from dmn_data.masks import decode_rle
@@ -69,6 +70,10 @@ class EvalConfig:
     amp: bool | None = None
     verify_sha256: bool = True  # hash each shard as it is read, against the manifest
     cache_dir: str | None = None  # remote shards: keep a verified copy here
+    # BatchNorm: "eval" (running statistics, batched) or "per-image" (the original's evaluation:
+    # each sentence alone on its unpadded image, BatchNorm in training mode, i.e. the image's own
+    # statistics; running statistics untouched). Writes to <split>-bn-per-image by default.
+    bn_mode: str = "eval"
 
     def __post_init__(self) -> None:
         # nonsense numbers are refused here: --grid -1 used to loop forever, --size 0 was ignored
@@ -78,6 +83,8 @@ class EvalConfig:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.grid < 0:
             raise ValueError(f"--grid must be >= 0, got {self.grid}")
+        if self.bn_mode not in BN_MODES:
+            raise ValueError(f"--bn-mode must be one of {', '.join(BN_MODES)}, got {self.bn_mode!r}")
         if self.workers < 0:
             raise ValueError(f"--workers must be >= 0, got {self.workers}")
         if not 0.0 <= self.threshold < 1.0:
@@ -116,6 +123,7 @@ def resolve(cfg: EvalConfig, ckpt: dict, ckpt_path: Path, run_dir: Path) -> Reso
     if size is None:
         raise CheckpointError(f"{ckpt_path} does not name its input size; pass --size")
     name = f"{cfg.split}-ablate-language" if cfg.ablate_language else cfg.split
+    name += "-bn-per-image" if cfg.bn_mode == "per-image" else ""
     out = Path(cfg.out) if cfg.out is not None else run_dir / "eval" / name
     return Resolved(checkpoint=ckpt_path, shards=str(shards), out=out, size=int(size))
 
@@ -234,7 +242,8 @@ def enable_tf32(device: torch.device) -> None:
 @torch.inference_mode()
 def predict(model: nn.Module, loader, device: torch.device, info: DistInfo, *, threshold: float,
             writer: PredictionWriter | None = None, keep: int = 0, max_batches: int = 0,
-            amp: bool | None = False, progress: bool = False) -> tuple[IoUAccumulator, list[dict]]:
+            amp: bool | None = False, progress: bool = False, bn_mode: str = "eval"
+            ) -> tuple[IoUAccumulator, list[dict]]:
     """Run ``model`` over ``loader`` and count I / U per sentence at the original resolution.
 
     Args:
@@ -245,6 +254,7 @@ def predict(model: nn.Module, loader, device: torch.device, info: DistInfo, *, t
         keep: how many best and worst sentences (IoU at ``threshold``) to return, with images.
         max_batches: stop after this many batches per rank (0 = all).
         amp: as :func:`autocast_context`.
+        bn_mode: "eval", or "per-image" (see :class:`EvalConfig`; one forward per sentence).
 
     Returns:
         The accumulator summed over ranks, and on rank 0 the ``keep`` best then ``keep`` worst
@@ -264,11 +274,15 @@ def predict(model: nn.Module, loader, device: torch.device, info: DistInfo, *, t
         if max_batches and i >= max_batches:
             break
         images = batch["image"].to(device, non_blocking=True)
-        with autocast:
-            logits = model(model.normalize(images), batch["tokens"].to(device),
-                           batch["lengths"].to(device),
-                           image_size=batch["resized_size"].to(device))
-        logits = to_input_size(logits, images.shape[-2:])
+        if bn_mode == "per-image":
+            with autocast, _per_image_batchnorm(model):
+                logits = _one_by_one(model, images, batch)
+        else:
+            with autocast:
+                logits = model(model.normalize(images), batch["tokens"].to(device),
+                               batch["lengths"].to(device),
+                               image_size=batch["resized_size"].to(device))
+            logits = to_input_size(logits, images.shape[-2:])
         inter, union = [], []
         for b in range(images.shape[0]):
             full = original_probs(logits[b:b + 1], batch["resized_size"][b].tolist(),
@@ -292,6 +306,45 @@ def predict(model: nn.Module, loader, device: torch.device, info: DistInfo, *, t
     if not keep or gathered is None:
         return acc, []
     return acc, _extremes([r for rows in gathered for r in rows], keep)
+
+
+BN_MODES = ("eval", "per-image")
+
+
+@contextlib.contextmanager
+def _per_image_batchnorm(model: nn.Module):
+    """BatchNorm layers in training mode (normalising by the batch's own statistics) with
+    momentum 0, so their running statistics stay as they are; modes, momenta and
+    ``num_batches_tracked`` restored on exit."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.momentum, None if m.num_batches_tracked is None
+              else m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.train()
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (training, momentum, tracked) in zip(norms, saved):
+            m.train(training)
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+
+
+def _one_by_one(model: nn.Module, images: Tensor, batch: dict) -> Tensor:
+    """The original's evaluation: each sentence alone (batch of one) on its image cropped to the
+    valid region (no padding). Returns ``(B, 1, S, S)`` float32 logits on the padded input grid
+    (the valid region top-left, the padding 0)."""
+    device = images.device
+    out = torch.zeros(images.shape[0], 1, *images.shape[-2:], device=device)
+    for b in range(images.shape[0]):
+        h, w = batch["resized_size"][b].tolist()
+        n = int(batch["lengths"][b])
+        logits = model(model.normalize(images[b:b + 1, :, :h, :w]),
+                       batch["tokens"][b:b + 1, :n].to(device), batch["lengths"][b:b + 1].to(device))
+        out[b:b + 1, :, :h, :w] = to_input_size(logits, (h, w))
+    return out
 
 
 def _rows(batch: dict, prob: np.ndarray, iou: np.ndarray) -> list[dict]:
@@ -353,7 +406,7 @@ def evaluate(cfg: EvalConfig, info: DistInfo, device: torch.device,
     amp = cfg.amp if cfg.amp is not None else (ckpt.get("train_config") or {}).get("amp")
     start = time.time()
     acc, extremes = predict(model, loader, device, info, threshold=cfg.threshold, writer=writer,
-                            keep=cfg.grid, amp=amp, progress=cfg.progress)
+                            keep=cfg.grid, amp=amp, progress=cfg.progress, bn_mode=cfg.bn_mode)
     if writer is not None:
         writer.close()
     if acc.count == 0:  # summed over ranks: every rank raises alike
@@ -363,7 +416,7 @@ def evaluate(cfg: EvalConfig, info: DistInfo, device: torch.device,
     metrics = {
         "split": cfg.split, "checkpoint": str(where.checkpoint), "step": ckpt.get("step"),
         "shards": str(where.shards), "size": where.size, "vocab_sha256": ckpt["vocab_sha256"],
-        "ablate_language": cfg.ablate_language,
+        "ablate_language": cfg.ablate_language, "bn_mode": cfg.bn_mode,
         **summarize(acc, cfg.threshold),
         "seconds": round(time.time() - start, 3), "world_size": info.world_size,
     }

@@ -1,5 +1,6 @@
 """Evaluation of a checkpoint on toy shards, against a direct per-sentence reference."""
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -53,9 +54,12 @@ def shards(tmp_path_factory):
     return make_shards(tmp_path_factory.mktemp("shards"))
 
 
-def reference_metrics(ckpt_path: Path, shards: Path, split: str, threshold: float) -> dict:
+def reference_metrics(ckpt_path: Path, shards: Path, split: str, threshold: float,
+                      bn_mode: str = "eval") -> dict:
     """The original evaluation, per sentence, in numpy: probability maps at the original
-    resolution, then ``prob > t`` for every threshold; cum_I / cum_U and precision@X."""
+    resolution, then ``prob > t`` for every threshold; cum_I / cum_U and precision@X.
+    ``bn_mode="per-image"``: as the original ran it, each sentence alone on its unpadded image,
+    the model in training mode (BatchNorm on the image's statistics), a fresh copy each time."""
     payload = torch.load(ckpt_path, weights_only=True)
     model = DMN(preset("tiny", **{"high_res": payload["model_config"]["high_res"]}),
                 payload["vocab_size"])
@@ -66,12 +70,19 @@ def reference_metrics(ckpt_path: Path, shards: Path, split: str, threshold: floa
     loader = make_loader(str(shards), split, size=SIZE, batch_size=5, train=False, workers=0)
     with torch.no_grad():
         for batch in loader:
-            logits = model(model.normalize(batch["image"]), batch["tokens"], batch["lengths"])
+            logits = model(model.normalize(batch["image"]), batch["tokens"], batch["lengths"],
+                           image_size=batch["resized_size"])
             logits = F.interpolate(logits, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
             for b in range(len(batch["sentence"])):
                 h, w = batch["resized_size"][b].tolist()
                 oh, ow = batch["orig_size"][b].tolist()
                 crop = logits[b:b + 1, :, :h, :w]
+                if bn_mode == "per-image":
+                    alone = copy.deepcopy(model).train()
+                    n = int(batch["lengths"][b])
+                    crop = alone(alone.normalize(batch["image"][b:b + 1, :, :h, :w]),
+                                 batch["tokens"][b:b + 1, :n], batch["lengths"][b:b + 1])
+                    crop = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
                 prob = torch.sigmoid(F.interpolate(crop, size=(oh, ow), mode="bilinear",
                                                    align_corners=False))[0, 0].numpy()
                 gt = decode_rle(batch["mask_rle"][b]).astype(bool)
@@ -162,6 +173,42 @@ def test_errors(shards, tmp_path):
     # consistent shards with another vocabulary than the checkpoint's
     with pytest.raises(CheckpointError, match="vocabulary"):
         evaluate(dataclasses.replace(base, shards=str(other)), DistInfo(), CPU, log=lambda m: None)
+
+
+@pytest.mark.parametrize("high_res", [True, False])
+def test_per_image_batchnorm_is_the_original_evaluation(shards, tmp_path, high_res):
+    """--bn-mode per-image: each sentence alone on its unpadded image with BatchNorm on that
+    image's statistics, as the original evaluated; the running statistics stay untouched."""
+    run = tmp_path / "runs" / "r"
+    ckpt = make_run(shards, run, high_res=high_res, seed=1)
+    # Running statistics unlike any image's, so the two modes must differ.
+    payload = torch.load(ckpt, weights_only=True)
+    for k in payload["model"]:
+        if k.endswith("running_mean"):
+            payload["model"][k] += 0.5
+    torch.save(payload, ckpt)
+    cfg = EvalConfig(split="val", run=str(run), threshold=0.3, batch_size=4, workers=0,
+                     progress=False, grid=0, bn_mode="per-image")
+    metrics = evaluate(cfg, DistInfo(), CPU, log=lambda m: None)
+    assert metrics["bn_mode"] == "per-image"
+    assert (run / "eval" / "val-bn-per-image" / "metrics.json").is_file()
+    ref = reference_metrics(ckpt, shards, "val", 0.3, bn_mode="per-image")
+    fixed = ref["thresholds"].index(0.3)
+    assert metrics["fixed"]["overall_iou"] == pytest.approx(ref["overall"][fixed], abs=1e-6)
+    assert metrics["sweep"]["overall_iou"] == pytest.approx(list(ref["overall"][:39]), abs=1e-6)
+    batched = evaluate(dataclasses.replace(cfg, bn_mode="eval"), DistInfo(), CPU, log=lambda m: None)
+    assert batched["sweep"]["overall_iou"] != pytest.approx(metrics["sweep"]["overall_iou"], abs=1e-3)
+    with pytest.raises(ValueError, match="--bn-mode must be one of eval, per-image"):
+        EvalConfig(split="val", bn_mode="train")
+    from dmn_train.evaluate import _per_image_batchnorm
+    model = DMN(preset("tiny"), 30).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad(), _per_image_batchnorm(model):
+        model(model.normalize(torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8)),
+              torch.tensor([[3, 4], [5, 0]]), torch.tensor([2, 1]))
+    assert not any(m.training for m in model.modules())
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
 
 
 def test_language_ablation_writes_its_own_folder(shards, tmp_path):
