@@ -118,6 +118,7 @@ def train_cmd(
     grad_clip: Annotated[Optional[float], Opt(help="Clip the gradient norm to this (0 = off).")] = None,
     iou_loss: Annotated[Optional[bool], Opt("--iou-loss/--bce-loss", help="Soft IoU loss instead of BCE.")] = None,
     aux_weight: Annotated[Optional[float], Opt(help="Weight of the extra low-res BCE of a high-res model.")] = None,
+    lowres_loss: Annotated[Optional[str], Opt(help="Loss on logits coarser than the mask: 'upsampled' (the original's: logits resized bilinearly to the input size; paper preset) or 'pooled' (the mask area-averaged to the logits' grid; tiny preset).")] = None,
     flip: Annotated[Optional[bool], Opt("--flip/--no-flip", help="Random horizontal flips (left/right words swapped).")] = None,
     # bookkeeping and runtime
     log_every: Annotated[Optional[int], Opt("--log-every", "--log-interval", help="Steps per log line.")] = None,
@@ -153,7 +154,7 @@ def train_cmd(
         epochs=epochs, epoch_batches=epoch_batches, accum_iters=accum_iters, lr=lr,
         weight_decay=weight_decay, schedule=schedule.value if schedule else None,
         warmup_steps=warmup_steps, min_lr=min_lr, grad_clip=grad_clip, iou_loss=iou_loss,
-        aux_weight=aux_weight, flip=flip, init_from=str(init_from) if init_from else None,
+        aux_weight=aux_weight, lowres_loss=lowres_loss, flip=flip, init_from=str(init_from) if init_from else None,
         pretrained=pretrained,
         log_every=log_every, eval_every=eval_every, save_every=save_every,
         eval_batches=eval_batches, eval_batch_size=eval_batch_size, threshold=threshold,

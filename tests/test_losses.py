@@ -34,6 +34,29 @@ def test_low_res_target_is_area_downsampled_over_valid_pixels():
     torch.testing.assert_close(loss, (per_cell * weight).sum() / weight.sum())
 
 
+def test_upsampled_low_res_loss_is_the_originals():
+    """upsample=True: the logits resized bilinearly to the mask's size, per-pixel BCE on the
+    valid pixels (the original's low-res loss); differs from the pooled one."""
+    torch.manual_seed(1)
+    logits = torch.randn(2, 1, 2, 3)
+    target = (torch.rand(2, 8, 12) > 0.5).to(torch.uint8)
+    valid = torch.zeros(2, 8, 12, dtype=torch.bool)
+    valid[:, :7, :9] = True
+    up = F.interpolate(logits, size=(8, 12), mode="bilinear", align_corners=False)[:, 0]
+    expected = F.binary_cross_entropy_with_logits(up[:, :7, :9], target[:, :7, :9].float())
+    loss = masked_bce_with_logits(logits, target, valid, upsample=True)
+    torch.testing.assert_close(loss, expected)
+    assert not torch.allclose(loss, masked_bce_with_logits(logits, target, valid))
+    prob = torch.sigmoid(up[:, :7, :9])
+    t = target[:, :7, :9].float()
+    iou = (prob * t).sum((1, 2)) / (prob + t - prob * t).sum((1, 2))
+    torch.testing.assert_close(soft_iou_loss(logits, target, valid, upsample=True), (1 - iou).mean())
+    # At the target's size already, both ways are the same loss.
+    full = torch.randn(2, 1, 8, 12)
+    torch.testing.assert_close(masked_bce_with_logits(full, target, valid, upsample=True),
+                               masked_bce_with_logits(full, target, valid))
+
+
 def test_soft_iou():
     target = torch.zeros(1, 4, 4)
     target[0, :2] = 1

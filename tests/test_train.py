@@ -163,3 +163,12 @@ def test_init_from_loads_the_low_res_weights(tmp_path):
     assert f"loaded {len(low.state_dict())}/{len(state)} tensors" in lines[0]
     with pytest.raises(CheckpointError, match="another vocabulary"):
         init_weights_from(high, str(tmp_path / "low.pt"), "b" * 64, lines.append)
+
+
+def test_paper_preset_takes_the_originals_lowres_loss():
+    from dmn_train.train import train_config
+    assert train_config("paper", "shards/x").lowres_loss == "upsampled"
+    assert train_config("tiny", "shards/x").lowres_loss == "pooled"
+    assert train_config("paper", "shards/x", lowres_loss="pooled").lowres_loss == "pooled"
+    with pytest.raises(ValueError, match="--lowres-loss must be one of pooled, upsampled"):
+        train_config("paper", "shards/x", lowres_loss="nearest")
