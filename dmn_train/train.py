@@ -281,20 +281,55 @@ def _payload(model, optimizer, cfg, model_cfg, step, epoch, best, vocab_sha, voc
     }
 
 
-def init_weights_from(model: DMN, path: str, vocab_sha: str, log: Callable[[str], None]
-                      ) -> dict | None:
+def init_weights_from(model: DMN, path: str, vocab_sha: str, log: Callable[[str], None],
+                      vocab: list[str] | None = None) -> dict | None:
     """Load every tensor of checkpoint ``path`` whose name and shape match (low → high res).
-    Returns where that checkpoint's backbone weights came from (its ``backbone_weights``)."""
+
+    A checkpoint trained on another vocabulary (another dataset: the original fine-tuned unc+,
+    gref and referit from the UNC weights) gives its word embeddings by token: each token of
+    ``vocab`` (the shards') that the checkpoint's vocabulary holds gets its row, the others keep
+    their fresh initialisation. Returns where that checkpoint's backbone weights came from (its
+    ``backbone_weights``).
+    """
     ckpt = ck.load_checkpoint(path)
+    state = dict(ckpt["model"])
     if ckpt["vocab_sha256"] != vocab_sha:
-        raise CheckpointError(f"--init-from {path} was trained with another vocabulary (sha256 "
-                              f"{ckpt['vocab_sha256'][:12]}…, shards have {vocab_sha[:12]}…)")
+        theirs = ckpt.get("vocab")
+        if not isinstance(theirs, list) or vocab is None or "embedding.weight" not in state:
+            raise CheckpointError(
+                f"--init-from {path} was trained with another vocabulary (sha256 "
+                f"{ckpt['vocab_sha256'][:12]}…, shards have {vocab_sha[:12]}…) and does not hold "
+                "its token list (checkpoints written before tokens were stored): train on shards "
+                "with its vocabulary, or re-save it with a current dmn-train")
+        state["embedding.weight"], carried = _embeddings_by_token(
+            model.embedding.weight.detach(), state["embedding.weight"], theirs, vocab)
+        new = [t for t in vocab if t not in set(theirs)]
+        log(f"--init-from {path}: another vocabulary ({len(theirs)} tokens → {len(vocab)}): "
+            f"{carried} word embeddings carried over by token, {len(new)} new"
+            + (f" (e.g. {new[:5]})" if new else ""))
     own = model.state_dict()
-    matching = {k: v for k, v in ckpt["model"].items() if k in own and own[k].shape == v.shape}
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(matching, strict=False)
     log(f"--init-from {path}: loaded {len(matching)}/{len(own)} tensors "
         f"({len(own) - len(matching)} new, e.g. {sorted(set(own) - set(matching))[:3]})")
     return ckpt.get("backbone_weights")
+
+
+def _embeddings_by_token(fresh: torch.Tensor, old: torch.Tensor, old_vocab: list[str],
+                         vocab: list[str]) -> tuple[torch.Tensor, int]:
+    """``fresh`` (the new model's embedding) with the rows of ``old`` copied for every token the
+    two vocabularies share (``<pad>``/``<unk>`` included). Returns it and the number copied."""
+    if old.shape[0] != len(old_vocab) or old.shape[1] != fresh.shape[1]:
+        raise CheckpointError(f"--init-from: its word embedding {tuple(old.shape)} does not fit "
+                              f"its {len(old_vocab)}-token vocabulary and this model's "
+                              f"{fresh.shape[1]}-wide embedding")
+    index = {t: i for i, t in enumerate(old_vocab)}
+    out = fresh.clone()
+    pairs = [(i, index[t]) for i, t in enumerate(vocab) if t in index]
+    if pairs:
+        rows = torch.tensor([p[0] for p in pairs])
+        out[rows] = old[torch.tensor([p[1] for p in pairs])].to(out.dtype)
+    return out, len(pairs)
 
 
 def backbone_weights_record(weights: BackboneWeights | None, requested: str) -> dict:
@@ -391,7 +426,7 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
                 f"random init ({model_cfg.backbone}, --pretrained {cfg.pretrained})"))
     elif cfg.init_from and not resume:
         backbone_weights = init_weights_from(model, cfg.init_from, vocab_sha,
-                                             log if info.is_main else _quiet)
+                                             log if info.is_main else _quiet, list(loader.vocab))
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)

@@ -3,9 +3,13 @@
 # from the low-res best.pt) → evaluation on every split → a table next to the original DMN numbers.
 #
 #   pipelines/paper.sh DATASET [--data-root data] [--shards shards] [--runs runs] [--nproc N]
-#                      [--batch B] [--micro-batch M] [--allow-cpu] [-- extra dmn-train flags]
+#                      [--batch B] [--micro-batch M] [--from-unc RUN|none] [--allow-cpu]
+#                      [-- extra dmn-train flags]
 #
 # DATASET: unc, unc+, gref, referit (gref-umd works too, with no published DMN number).
+# As the original README: unc's low-res stage trains 24 epochs from the pretrained backbone; the
+# others fine-tune the UNC low-res weights (--from-unc, default RUNS/unc-low) for 10 epochs, word
+# embeddings carried over by token; every high-res stage runs 4 epochs from its low-res best.pt.
 # --nproc N > 1 runs both stages under `torchrun --standalone --nproc_per_node N` (one node).
 # --batch B: sentences per optimizer step, whatever N is (default 1, the original's, at its Adam
 # lr 1e-5; a different lr goes in the extra flags: -- --lr 1e-4). Each process takes B/N of them
@@ -13,10 +17,10 @@
 # The first step checks the inputs (data, GPU, backbone weights); nothing long starts before.
 set -euo pipefail
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
 dataset=$1; shift
-data_root=data shards=shards runs=runs nproc=1 batch=1 micro="" allow_cpu=0 extra=()
+data_root=data shards=shards runs=runs nproc=1 batch=1 micro="" from_unc="" allow_cpu=0 extra=()
 while [ $# -gt 0 ]; do
   case $1 in
     --data-root) data_root=$2; shift 2 ;;
@@ -25,6 +29,7 @@ while [ $# -gt 0 ]; do
     --nproc) nproc=$2; shift 2 ;;
     --batch) batch=$2; shift 2 ;;
     --micro-batch) micro=$2; shift 2 ;;
+    --from-unc) from_unc=$2; shift 2 ;;
     --allow-cpu) allow_cpu=1; shift ;;
     --) shift; extra=("$@"); break ;;
     -h|--help) usage ;;
@@ -86,9 +91,20 @@ if [ $allow_cpu = 0 ] && ! python -c 'import torch, sys; sys.exit(0 if torch.cud
   echo "error: no CUDA GPU visible: the paper preset (dpn92 at 512 px) needs one; pass --allow-cpu to run anyway" >&2
   exit 2
 fi
+# Datasets other than unc start from the UNC low-res weights, as the original did.
+low_init=()
+if [ "$dataset" != unc ] && [ "$from_unc" != none ] && [ ! -f "$runs/$name-low/checkpoints/last.pt" ]; then
+  from_unc=${from_unc:-$runs/unc-low}
+  src=$from_unc/checkpoints/best.pt; [ -f "$src" ] || src=$from_unc/checkpoints/last.pt
+  if [ ! -f "$src" ]; then
+    echo "error: $dataset: the original fine-tuned it from the UNC low-res weights, and $from_unc has no checkpoint: run pipelines/paper.sh unc first, point --from-unc at such a run, or pass --from-unc none to train from the backbone's weights (24 epochs)" >&2
+    exit 2
+  fi
+  low_init=(--init-from "$src" --epochs 10)
+fi
 # The backbone weights of the low-res stage (dpn92.mx_in1k through the Hugging Face cache, or
 # whatever --pretrained/--backend the extra flags give): found and loadable, or one line and exit 2.
-if [ ! -f "$runs/$name-low/checkpoints/last.pt" ]; then
+if [ ! -f "$runs/$name-low/checkpoints/last.pt" ] && [ ${#low_init[@]} = 0 ]; then
   dmn-train --preset paper --fetch-weights "${extra[@]}" >/dev/null
 fi
 if [ "$nproc" -gt 1 ]; then
@@ -102,9 +118,10 @@ set -x
 # ---- 2. shards (a no-op when they are built) ------------------------------------------------
 dmn-data build --dataset "$dataset" --data-root "$data_root" --out "$shards"
 
-# ---- 3. low-res stage (the original README: dpn92, K=10, 3 language layers, mix-we) ---------
+# ---- 3. low-res stage (the original README: dpn92, K=10, 3 language layers, mix-we; ---------
+#         unc+/gref/referit: 10 epochs from the UNC low-res weights)
 low=$runs/$name-low
-if [ -f "$low/checkpoints/last.pt" ]; then resume=(--resume); else resume=(); fi
+if [ -f "$low/checkpoints/last.pt" ]; then resume=(--resume); else resume=("${low_init[@]}"); fi
 "${train[@]}" --shards "$dir" --preset paper --out "$low" "${resume[@]}" "${batching[@]}" "${extra[@]}"
 
 # ---- 4. high-res stage (4 epochs), from the low-res weights ----------------------------------

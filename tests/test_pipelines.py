@@ -49,6 +49,19 @@ def test_paper_recipe_end_to_end_on_a_stand_in(tmp_path):
     assert low != high
     assert [(c["train"]["batch_size"], c["train"]["accum_iters"]) for c in (low, high)] == [(2, 2)] * 2
 
+    # unc+ fine-tunes the UNC low-res weights, as the original did (words mapped by token).
+    make_refer_root(tmp_path / "data", "refcoco+", "unc", images_per_split=3, seed=5)
+    r = _run(["bash", REPO / "pipelines/paper.sh", "unc+", "--data-root", "data", "--allow-cpu",
+              "--runs", "elsewhere", "--", *PAPER_FAST], tmp_path)
+    assert r.returncode == 2 and "fine-tuned it from the UNC low-res weights" in r.stderr
+    assert not (tmp_path / "elsewhere").exists()
+    r = _run(["bash", REPO / "pipelines/paper.sh", "unc+", "--data-root", "data", "--allow-cpu",
+              "--", *PAPER_FAST], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    plus = json.loads((tmp_path / "runs/uncplus-low/config.json").read_text())
+    assert plus["train"]["init_from"].endswith("unc-low/checkpoints/best.pt")
+    assert plus["train"]["epochs"] == 10 and "--init-from" in r.stderr + r.stdout
+
 
 def test_paper_recipe_keeps_the_batch_it_is_given(tmp_path):
     """--nproc never multiplies the batch: a batch that does not split is refused up front."""

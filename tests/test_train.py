@@ -165,6 +165,36 @@ def test_init_from_loads_the_low_res_weights(tmp_path):
         init_weights_from(high, str(tmp_path / "low.pt"), "b" * 64, lines.append)
 
 
+def test_init_from_another_dataset_maps_word_embeddings_by_token(tmp_path):
+    """Fine-tuning on another dataset (the original's unc+ / gref from UNC): each shared token
+    keeps its trained embedding row, new tokens keep their fresh rows, the rest loads as is."""
+    old_vocab = ["<pad>", "<unk>", "man", "left", "red", "dog"]
+    new_vocab = ["<pad>", "<unk>", "dog", "cat", "left", "horse", "man"]
+    torch.manual_seed(0)
+    low = DMN(model_config("tiny", high_res=False), len(old_vocab))
+    save_checkpoint(tmp_path / "unc.pt", {"model": low.state_dict(), "model_config": {},
+                                          "vocab_sha256": "a" * 64, "vocab_size": len(old_vocab),
+                                          "vocab": old_vocab})
+    torch.manual_seed(1)
+    model = DMN(model_config("tiny", high_res=False), len(new_vocab))
+    fresh = model.embedding.weight.detach().clone()
+    lines = []
+    init_weights_from(model, str(tmp_path / "unc.pt"), "b" * 64, lines.append, new_vocab)
+    emb, old_emb = model.embedding.weight.detach(), low.embedding.weight.detach()
+    for i, token in enumerate(new_vocab):
+        expected = old_emb[old_vocab.index(token)] if token in old_vocab else fresh[i]
+        assert torch.equal(emb[i], expected), token
+    assert "5 word embeddings carried over by token, 2 new (e.g. ['cat', 'horse'])" in lines[0]
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in low.state_dict().items() if k != "embedding.weight")
+    assert f"loaded {len(state)}/{len(state)} tensors" in lines[1]
+    # Without its token list (an older checkpoint), another vocabulary is refused.
+    save_checkpoint(tmp_path / "old.pt", {"model": low.state_dict(), "model_config": {},
+                                          "vocab_sha256": "a" * 64, "vocab_size": len(old_vocab)})
+    with pytest.raises(CheckpointError, match="does not hold its token list"):
+        init_weights_from(model, str(tmp_path / "old.pt"), "b" * 64, lines.append, new_vocab)
+
+
 def test_paper_preset_takes_the_originals_lowres_loss():
     from dmn_train.train import train_config
     assert train_config("paper", "shards/x").lowres_loss == "upsampled"
