@@ -6,8 +6,8 @@ Payload (``format = "dmn-checkpoint/1"``)::
 
     model            state dict of the bare model (no DDP / torch.compile prefixes)
     optimizer        optimizer state dict
-    scheduler        {"kind", "lr", ...}: the LR schedule is a pure function of the step, so its
-                     state is its settings and the LR at ``step``
+    scheduler        {"kind", "lr", ..., "plateau"}: its settings, the LR at ``step`` and the
+                     plateau schedule's state (constant/cosine are pure functions of the step)
     step, epoch      optimizer updates done; epochs started (step // steps_per_epoch)
     best_val_iou     best validation overall IoU so far (-1.0 before the first evaluation)
     model_config     dataclasses.asdict(DMNConfig)

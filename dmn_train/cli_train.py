@@ -39,6 +39,7 @@ class Preset(str, Enum):
 class Schedule(str, Enum):
     constant = "constant"
     cosine = "cosine"
+    plateau = "plateau"
 
 
 class CompileMode(str, Enum):
@@ -112,9 +113,11 @@ def train_cmd(
     accum_iters: Annotated[Optional[int], Opt(help="Micro-batches accumulated per optimizer step.")] = None,
     lr: Annotated[Optional[float], Opt("--lr", "--learning-rate", help="Peak Adam learning rate.")] = None,
     weight_decay: Annotated[Optional[float], Opt(help="Adam weight decay.")] = None,
-    schedule: Annotated[Optional[Schedule], Opt(help="LR schedule after warmup.")] = None,
+    schedule: Annotated[Optional[Schedule], Opt(help="LR schedule after warmup: constant, cosine (to --min-lr), or plateau (the original's ReduceLROnPlateau on 1 - val overall IoU).")] = None,
+    plateau_patience: Annotated[Optional[int], Opt(help="--schedule plateau: evaluations without a better val IoU tolerated before the lr drops (original: 2).")] = None,
+    plateau_factor: Annotated[Optional[float], Opt(help="--schedule plateau: lr multiplier at each drop (original: 0.1).")] = None,
     warmup_steps: Annotated[Optional[int], Opt(help="Linear LR warmup steps.")] = None,
-    min_lr: Annotated[Optional[float], Opt(help="Final LR of the cosine schedule.")] = None,
+    min_lr: Annotated[Optional[float], Opt(help="Final LR of the cosine schedule; the floor of the plateau schedule.")] = None,
     grad_clip: Annotated[Optional[float], Opt(help="Clip the gradient norm to this (0 = off).")] = None,
     iou_loss: Annotated[Optional[bool], Opt("--iou-loss/--bce-loss", help="Soft IoU loss instead of BCE.")] = None,
     aux_weight: Annotated[Optional[float], Opt(help="Weight of the extra low-res BCE of a high-res model.")] = None,
@@ -153,6 +156,7 @@ def train_cmd(
         size=size, batch_size=batch_size, steps=steps,
         epochs=epochs, epoch_batches=epoch_batches, accum_iters=accum_iters, lr=lr,
         weight_decay=weight_decay, schedule=schedule.value if schedule else None,
+        plateau_patience=plateau_patience, plateau_factor=plateau_factor,
         warmup_steps=warmup_steps, min_lr=min_lr, grad_clip=grad_clip, iou_loss=iou_loss,
         aux_weight=aux_weight, lowres_loss=lowres_loss, flip=flip, init_from=str(init_from) if init_from else None,
         pretrained=pretrained,

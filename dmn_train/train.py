@@ -39,7 +39,7 @@ from .evaluate import autocast_context, enable_tf32, check_split, predict
 from .losses import masked_bce_with_logits, soft_iou_loss
 from .plots import plot_curves
 
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "plateau")
 LOWRES_LOSSES = ("pooled", "upsampled")
 
 
@@ -65,7 +65,12 @@ class TrainConfig:
     # Optimizer (Adam, as the original) and LR schedule, a pure function of the step.
     lr: float = 1e-5
     weight_decay: float = 0.0
-    schedule: str = "constant"  # constant | cosine (to min_lr at the last step)
+    # constant | cosine (to min_lr at the last step) | plateau (the original's ReduceLROnPlateau:
+    # lr × plateau_factor once 1 − val overall IoU has not improved for more than
+    # plateau_patience evaluations; not below min_lr)
+    schedule: str = "constant"
+    plateau_patience: int = 2
+    plateau_factor: float = 0.1
     warmup_steps: int = 0  # linear warmup from 0
     min_lr: float = 0.0
     grad_clip: float = 0.0  # max gradient norm; 0 = off
@@ -118,6 +123,13 @@ class TrainConfig:
                              f"got {self.lowres_loss!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 < self.plateau_factor < 1:
+            raise ValueError(f"--plateau-factor must be in (0, 1), got {self.plateau_factor}")
+        if self.plateau_patience < 0:
+            raise ValueError(f"--plateau-patience must be >= 0, got {self.plateau_patience}")
+        if self.schedule == "plateau" and self.val_split is None:
+            raise ValueError("--schedule plateau follows the validation IoU: it needs a "
+                             "--val-split (not --no-val)")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ValueError(f"need 0 <= --min-lr <= --lr and --lr > 0, got lr={self.lr}, "
                              f"min_lr={self.min_lr}")
@@ -177,14 +189,52 @@ def train_config(preset_name: str, shards: str, **overrides: Any) -> TrainConfig
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): linear warmup, then constant or cosine."""
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup, then constant or cosine.
+    ``plateau`` is ``cfg.lr`` after warmup here, scaled by :class:`_Plateau`."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
+    if cfg.schedule in ("constant", "plateau"):
         return cfg.lr
     span = max(total_steps - cfg.warmup_steps, 1)
     progress = min((step - cfg.warmup_steps) / span, 1.0)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+class _Plateau:
+    """The original's ``ReduceLROnPlateau`` on 1 − validation overall IoU (mode min, PyTorch's
+    relative threshold 1e-4), applied as a scale on :func:`lr_at` so warmup still works. Its state
+    goes into checkpoints (``scheduler["plateau"]``) and comes back on ``--resume``."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.scale, self.best, self.bad = 1.0, math.inf, 0
+
+    def lr(self, step: int, total_steps: int) -> float:
+        base = lr_at(step, self.cfg, total_steps)
+        if self.cfg.schedule != "plateau":
+            return base
+        return max(base * self.scale, min(self.cfg.min_lr, base))
+
+    def observe(self, val_iou: float) -> bool:
+        """After an evaluation: True when the lr was just reduced."""
+        if self.cfg.schedule != "plateau":
+            return False
+        error = 1.0 - val_iou
+        if error < self.best * (1 - 1e-4):
+            self.best, self.bad = error, 0
+            return False
+        self.bad += 1
+        if self.bad > self.cfg.plateau_patience:
+            self.scale *= self.cfg.plateau_factor
+            self.bad = 0
+            return True
+        return False
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale, self.best, self.bad = float(state["scale"]), float(state["best"]), int(state["bad"])
 
 
 def compute_loss(model: nn.Module, batch: dict, device: torch.device, cfg: TrainConfig,
@@ -269,11 +319,12 @@ def _remove_stale_tmp(folder: Path) -> None:
 
 
 def _payload(model, optimizer, cfg, model_cfg, step, epoch, best, vocab_sha, vocab, lr,
-             backbone_weights):
+             backbone_weights, plateau):
     return {
         "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": {"kind": cfg.schedule, "lr": lr, "base_lr": cfg.lr,
-                      "warmup_steps": cfg.warmup_steps, "min_lr": cfg.min_lr},
+                      "warmup_steps": cfg.warmup_steps, "min_lr": cfg.min_lr,
+                      "plateau": plateau.state_dict()},
         "step": step, "epoch": epoch, "best_val_iou": best,
         "model_config": dataclasses.asdict(model_cfg), "train_config": dataclasses.asdict(cfg),
         "vocab_sha256": vocab_sha, "vocab_size": len(vocab), "vocab": list(vocab),
@@ -433,6 +484,7 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                  weight_decay=cfg.weight_decay)
     step, best = 0, -1.0
+    plateau = _Plateau(cfg)
     if resume:
         state = ck.load_checkpoint(last_path, map_location=device)
         missing = [k for k in ("optimizer", "step", "best_val_iou", "rng") if k not in state]
@@ -446,6 +498,8 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
         backbone_weights = state.get("backbone_weights")
         optimizer.load_state_dict(state["optimizer"])
         step, best = int(state["step"]), float(state["best_val_iou"])
+        if "plateau" in (state.get("scheduler") or {}):
+            plateau.load_state_dict(state["scheduler"]["plateau"])
         ck.set_rng_state(state["rng"])
     train_model: nn.Module = model
     if info.enabled:
@@ -490,7 +544,7 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
     def save(name: str, lr: float) -> None:
         ck.save_checkpoint(ck.checkpoint_dir(out) / name, _payload(
             model, optimizer, cfg, model_cfg, step, step // steps_per_epoch, best, vocab_sha,
-            loader.vocab, lr, backbone_weights))
+            loader.vocab, lr, backbone_weights, plateau))
 
     # ---- the loop -----------------------------------------------------------------------------
     bar = _bar(total_steps, step, cfg.progress and info.is_main)
@@ -505,7 +559,7 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
         for _ in range((step - epoch * steps_per_epoch) * cfg.accum_iters):
             next(batches)
         while step < total_steps and step // steps_per_epoch == epoch:
-            lr = lr_at(step, cfg, total_steps)
+            lr = plateau.lr(step, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             for micro in range(cfg.accum_iters):
@@ -553,6 +607,10 @@ def train(cfg: TrainConfig, model_cfg: DMNConfig, info: DistInfo, device: torch.
                                 "sentences": acc.count}
                 improved = fixed["overall_iou"] > best
                 best = max(best, fixed["overall_iou"])
+                if plateau.observe(fixed["overall_iou"]) and info.is_main:
+                    bar.write(f"plateau: no better val overall IoU for more than "
+                              f"{cfg.plateau_patience} evaluations; lr × {cfg.plateau_factor:g} "
+                              f"→ {plateau.lr(step, total_steps):.2e}")
                 if info.is_main:
                     record(last_metrics)
                     plot_curves(records, curves_path)

@@ -1,5 +1,6 @@
 """The training loop on tiny toy shards: a smoke run, the LR schedule, resume after SIGKILL."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -202,3 +203,52 @@ def test_paper_preset_takes_the_originals_lowres_loss():
     assert train_config("paper", "shards/x", lowres_loss="pooled").lowres_loss == "pooled"
     with pytest.raises(ValueError, match="--lowres-loss must be one of pooled, upsampled"):
         train_config("paper", "shards/x", lowres_loss="nearest")
+
+
+def test_plateau_schedule_is_torchs_reduce_lr_on_plateau():
+    """--schedule plateau drops the lr as torch's ReduceLROnPlateau (mode min on 1 − val IoU,
+    the original's patience 2 and factor 0.1) would, floored at --min-lr, after the warmup."""
+    from dmn_train.train import _Plateau, train_config
+
+    cfg = train_config("paper", "shards/x", schedule="plateau", lr=1e-3, min_lr=2e-7, warmup_steps=3)
+    ours = _Plateau(cfg)
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=1e-3)
+    theirs = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1, patience=2,
+                                                        min_lr=2e-7)
+    assert [ours.lr(s, 100) for s in range(3)] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3])
+    gen = torch.Generator().manual_seed(0)
+    ious = [0.2, 0.3, 0.3, 0.29, 0.3, 0.31, 0.31, 0.31, 0.31] + torch.rand(30, generator=gen).mul(0.3).tolist()
+    drops = 0
+    for iou in ious:
+        drops += ours.observe(iou)
+        theirs.step(1 - iou)
+        assert ours.lr(50, 100) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9)
+    assert drops >= 2 and ours.lr(50, 100) < 1e-4
+    again = _Plateau(cfg)
+    again.load_state_dict(ours.state_dict())
+    assert again.lr(50, 100) == ours.lr(50, 100) and again.state_dict() == ours.state_dict()
+    assert _Plateau(train_config("paper", "shards/x")).observe(0.0) is False  # constant: no drops
+    with pytest.raises(ValueError, match="needs a --val-split"):
+        dataclasses.replace(cfg, val_split=None)
+
+
+def test_plateau_schedule_in_a_run(shards, tmp_path):
+    """A run with --schedule plateau: the lr of each step follows its own validation IoUs, and
+    the checkpoint holds the schedule's state for --resume."""
+    from dmn_train.train import _Plateau
+
+    out = tmp_path / "plateau"
+    cfg, model_cfg = tiny_configs(shards, out, steps=8, schedule="plateau", plateau_patience=0)
+    cfg = dataclasses.replace(cfg, eval_every=2, log_every=1)
+    train(cfg, model_cfg, DistInfo(), torch.device("cpu"), log=lambda m: None)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    replay = _Plateau(cfg)
+    for row in rows:
+        if row["kind"] == "train":
+            assert row["lr"] == pytest.approx(replay.lr(row["step"] - 1, 8)), row
+        else:
+            replay.observe(row["overall_iou"])
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["scheduler"]["plateau"] == replay.state_dict()
+    assert replay.scale < 1  # it did drop (an 8-step model does not improve every evaluation)
