@@ -188,11 +188,12 @@ class DMN(nn.Module):
         if features.image_size is None or not self.config.coords_over_image:
             return None
         top = features.maps[-1]
-        grid = torch.tensor(top.shape[-2:], device=top.device, dtype=torch.int64)
-        full = torch.tensor(features.size, device=top.device, dtype=torch.int64)
         size = features.image_size.to(top.device, torch.int64)
-        cells = torch.div(size * grid + full - 1, full, rounding_mode="floor")  # ceil
-        return torch.minimum(cells.clamp(min=1), grid)
+        # Python ints only: no host-to-device copy per forward.
+        (grid_h, grid_w), (full_h, full_w) = top.shape[-2:], features.size
+        rows = ((size[:, 0] * grid_h + full_h - 1) // full_h).clamp(1, grid_h)  # ceil
+        cols = ((size[:, 1] * grid_w + full_w - 1) // full_w).clamp(1, grid_w)
+        return torch.stack([rows, cols], dim=1)
 
     def _multimodal(self, top: Tensor, tokens: Tensor, lengths: Tensor,
                     image_index: Tensor | None = None, extent: Tensor | None = None) -> Tensor:

@@ -355,7 +355,8 @@ def init_weights_from(model: DMN, path: str, vocab_sha: str, log: Callable[[str]
                 "with its vocabulary, or re-save it with a current dmn-train")
         state["embedding.weight"], carried = _embeddings_by_token(
             model.embedding.weight.detach(), state["embedding.weight"], theirs, vocab)
-        new = [t for t in vocab if t not in set(theirs)]
+        known = set(theirs)
+        new = [t for t in vocab if t not in known]
         log(f"--init-from {path}: another vocabulary ({len(theirs)} tokens → {len(vocab)}): "
             f"{carried} word embeddings carried over by token, {len(new)} new"
             + (f" (e.g. {new[:5]})" if new else ""))
