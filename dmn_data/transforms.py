@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import get_worker_info
 from pycocotools import mask as cocomask
 
 from .images import to_rgb
@@ -178,14 +179,28 @@ def make_examples(item: dict, size: int, mirror: Mirror | None, rng: random.Rand
                               mask_rle=ref["mask"], **common)
 
 
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, np.ndarray]:
+    """A zero tensor and a numpy view of it. In a DataLoader worker it is allocated in shared
+    memory, as torch's own ``default_collate`` does: sending a batch to the main process then
+    passes a handle instead of copying every image, mask and valid map into shared memory first
+    (the main cost of the 2-worker stream, BENCHMARKS.md)."""
+    numel = int(np.prod(shape))
+    if get_worker_info() is None:
+        tensor = torch.zeros(shape, dtype=dtype)
+    else:
+        storage = torch.UntypedStorage._new_shared(numel * dtype.itemsize)
+        tensor = torch.empty(0, dtype=dtype).set_(storage, 0, shape).zero_()
+    return tensor, tensor.numpy()
+
+
 def collate(examples: list[Example], size: int) -> dict:
     """Pad each example to ``size × size`` (bottom/right, zeros) and stack; see the batch
     contract in :mod:`dmn_data.stream`."""
     b = len(examples)
     longest = max(len(e.ids) for e in examples)
-    image = np.zeros((b, 3, size, size), dtype=np.uint8)
-    mask = np.zeros((b, size, size), dtype=np.uint8)
-    valid = np.zeros((b, size, size), dtype=bool)
+    image_t, image = _zeros((b, 3, size, size), torch.uint8)
+    mask_t, mask = _zeros((b, size, size), torch.uint8)
+    valid_t, valid = _zeros((b, size, size), torch.bool)
     tokens = np.full((b, longest), PAD_ID, dtype=np.int64)
     resized = np.zeros((b, 2), dtype=np.int64)
     for i, e in enumerate(examples):
@@ -196,9 +211,9 @@ def collate(examples: list[Example], size: int) -> dict:
         tokens[i, :len(e.ids)] = e.ids
         resized[i] = (h, w)
     return {
-        "image": torch.from_numpy(image),
-        "valid": torch.from_numpy(valid),
-        "mask": torch.from_numpy(mask),
+        "image": image_t,
+        "valid": valid_t,
+        "mask": mask_t,
         "tokens": torch.from_numpy(tokens),
         "lengths": torch.tensor([len(e.ids) for e in examples], dtype=torch.int64),
         "orig_size": torch.tensor([e.orig_size for e in examples], dtype=torch.int64),

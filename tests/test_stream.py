@@ -5,12 +5,13 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dmn_data.errors import DataError
 from dmn_data.masks import decode_rle
 from dmn_data.stream import make_loader
-from dmn_data.transforms import Mirror, resized_shape
+from dmn_data.transforms import Example, Mirror, collate, resized_shape
 from shardgen import VOCAB_TOKENS, read_expected, write_dataset
 
 SIZE = 32
@@ -71,6 +72,29 @@ def test_eval_dtypes_shapes_and_partial_last_batch(ddir):
         assert str(b[key].dtype) == f"torch.{dtype}" and tuple(b[key].shape) == shape, key
     assert isinstance(b["sentence"], list) and isinstance(b["mask_rle"], list) and len(b["mask_rle"]) == 4
 
+
+def test_worker_batches_equal_in_process_ones_and_arrive_in_shared_memory(ddir):
+    """A worker collates straight into shared memory (no copy on the way to the main process);
+    the padding must still be zeros and every pixel the same as without workers."""
+    def batches(workers):
+        return list(make_loader(ddir, "val", size=SIZE, batch_size=3, train=False, workers=workers))
+
+    here, there = batches(0), batches(1)
+    assert len(here) == len(there)
+    for a, b in zip(here, there):
+        for key in ("image", "mask", "valid"):
+            assert torch.equal(a[key], b[key]), key
+
+    class Collated(torch.utils.data.IterableDataset):  # reports from inside the worker
+        def __iter__(self):
+            ex = Example(image=np.full((4, 6, 3), 9, np.uint8), mask=np.ones((4, 6), np.uint8), ids=[3],
+                         orig_size=(4, 6), image_id=1, ref_id=1, sent_id=1, sentence="x", mask_rle={})
+            batch = collate([ex, ex], size=8)
+            yield {k: (batch[k].is_shared(), int(batch[k].sum())) for k in ("image", "mask", "valid")}
+
+    for workers, shared in ((0, False), (1, True)):
+        got = next(iter(torch.utils.data.DataLoader(Collated(), batch_size=None, num_workers=workers)))
+        assert got == {"image": [shared, 2 * 4 * 6 * 3 * 9], "mask": [shared, 48], "valid": [shared, 48]}
 
 def test_resize_pad_valid_region_and_mask_for_landscape_and_portrait(ddir):
     shapes = set()
