@@ -5,7 +5,7 @@
 #   2. pipelines/bench_sru.py: per-step ops vs fused loop vs Triton, paper sizes, batch 8 and 32;
 #   3. pipelines/bench_model.py --section device: paper low/high-res at 512 px, batch 8 and 32,
 #      bf16 and fp32, SRU and LSTM: samples/s, peak memory, counted FLOPs, MFU;
-#   4. the toy run on the GPU (dmn-data build, dmn-train 2,000 steps): wall time;
+#   4. the toy run on the GPU (dmn-data build, dmn-train 2,200 steps): wall time;
 #   5. dmn-eval on the GPU: held-out overall IoU;
 #   6. a 1-process torchrun of dmn-train (NCCL);
 #   7. pipelines/bench_compile.py: --compile none / backbone / all, compile time and speed-up;
@@ -55,7 +55,7 @@ else
   sru_args=(--device cuda --batch 8 32 --dtypes bf16,fp32)
   model_args=(--device cuda --warmup 2 --steps 5)
   toy_build=(--workers 8)
-  toy_train=(--steps 2000 --workers 8)
+  toy_train=(--steps 2200 --workers 8)
   ddp_train=(--steps 100 --eval-every 100 --eval-batches 2 --workers 4)
   eval_args=(--batch-size 64 --workers 4)
   compile_args=(--device cuda --preset paper --size 512 --batch 8 --amp --timeout 150)

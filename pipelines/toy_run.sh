@@ -3,14 +3,14 @@
 # held-out test images (metrics table, best/worst PNG) → the language ablation (each sentence
 # replaced by another object's sentence from the same image; the score must collapse).
 #
-#   pipelines/toy_run.sh [--shards shards] [--runs runs] [--steps 2000] [--toy-train 4000]
+#   pipelines/toy_run.sh [--shards shards] [--runs runs] [--steps 2200] [--toy-train 4000]
 #                        [--picture FILE] [-- extra dmn-train flags]
 #
 # A second run reuses the shards (dmn-data build finds them up to date) and the finished run
 # (dmn-train --resume has nothing left to do), and only evaluates again.
 set -euo pipefail
 
-shards=shards runs=runs steps=2000 toy_train=4000 picture="" extra=()
+shards=shards runs=runs steps=2200 toy_train=4000 picture="" extra=()
 while [ $# -gt 0 ]; do
   case $1 in
     --shards) shards=$2; shift 2 ;;
