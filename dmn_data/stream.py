@@ -74,6 +74,7 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
+import torch.multiprocessing
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -375,6 +376,17 @@ def _report_errors(batches: Iterator) -> Iterator:
         yield _Failure(str(err))
 
 
+def _share_by_name(_worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: this worker hands its batches to the main process as named
+    shared-memory files (torch's ``file_system`` strategy) instead of file descriptors. With
+    descriptors, the main process fetches each of a batch's tensors over a socket from the
+    worker. That was a third of its CPU time, and the 2-worker stream ran 1.2× faster without it
+    (BENCHMARKS.md, "Training stream"). Only the worker is switched. The main process rebuilds
+    whatever kind it is sent, so the user's own setting there is left alone. torch's
+    ``torch_shm_manager`` removes the files if a process dies."""
+    torch.multiprocessing.set_sharing_strategy("file_system")
+
+
 def _identity(x):
     return x
 
@@ -404,7 +416,8 @@ class Loader:
             batches = iter(self._pipeline)
         else:
             batches = iter(DataLoader(self._pipeline, batch_size=None, num_workers=self.workers,
-                                      collate_fn=_identity, pin_memory=self.pin_memory))
+                                      collate_fn=_identity, pin_memory=self.pin_memory,
+                                      worker_init_fn=_share_by_name))
         try:
             for n, batch in enumerate(batches, 1):
                 if isinstance(batch, _Failure):
