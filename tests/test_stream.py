@@ -96,6 +96,27 @@ def test_worker_batches_equal_in_process_ones_and_arrive_in_shared_memory(ddir):
         got = next(iter(torch.utils.data.DataLoader(Collated(), batch_size=None, num_workers=workers)))
         assert got == {"image": [shared, 2 * 4 * 6 * 3 * 9], "mask": [shared, 48], "valid": [shared, 48]}
 
+
+def test_workers_hand_batches_over_by_name_and_leave_the_main_process_strategy(ddir, tmp_path, monkeypatch):
+    """The loader's workers switch themselves to torch's file_system sharing (BENCHMARKS.md); the
+    main process keeps its own strategy, and the batches are the same as in-process ones."""
+    from dmn_data import stream
+
+    def share(worker_id):  # runs in each (forked) worker: record what it set
+        stream.__dict__["_real_share"](worker_id)
+        (tmp_path / f"worker{worker_id}").write_text(torch.multiprocessing.get_sharing_strategy())
+
+    monkeypatch.setitem(stream.__dict__, "_real_share", stream._share_by_name)
+    monkeypatch.setattr(stream, "_share_by_name", share)
+    before = torch.multiprocessing.get_sharing_strategy()
+    here = list(make_loader(ddir, "val", size=SIZE, batch_size=3, train=False, workers=0))
+    there = list(make_loader(ddir, "val", size=SIZE, batch_size=3, train=False, workers=2))
+    assert [(tmp_path / f"worker{i}").read_text() for i in (0, 1)] == ["file_system"] * 2
+    assert torch.multiprocessing.get_sharing_strategy() == before
+    ids = lambda batches: sorted(i for b in batches for i in b["sent_id"].tolist())  # noqa: E731
+    assert ids(here) == ids(there)
+
+
 def test_resize_pad_valid_region_and_mask_for_landscape_and_portrait(ddir):
     shapes = set()
     sources = {x["meta"]["image_id"]: x["data"] for x in read_expected(ddir, "val")}
