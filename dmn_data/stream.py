@@ -380,7 +380,7 @@ def _share_by_name(_worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: this worker hands its batches to the main process as named
     shared-memory files (torch's ``file_system`` strategy) instead of file descriptors. With
     descriptors, the main process fetches each of a batch's tensors over a socket from the
-    worker. That was a third of its CPU time, and the 2-worker stream ran 1.2× faster without it
+    worker. That was over half of its CPU time, and the 2-worker stream ran 1.2× faster without it
     (BENCHMARKS.md, "Training stream"). Only the worker is switched. The main process rebuilds
     whatever kind it is sent, so the user's own setting there is left alone. torch's
     ``torch_shm_manager`` removes the files if a process dies."""

@@ -8,6 +8,7 @@ side ``S``), ``T`` = the longest sentence of a batch.
 from __future__ import annotations
 
 import io
+import math
 import random
 import re
 from collections.abc import Iterator
@@ -184,11 +185,10 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, np
     memory, as torch's own ``default_collate`` does: sending a batch to the main process then
     passes a handle instead of copying every image, mask and valid map into shared memory first
     (the main cost of the 2-worker stream, BENCHMARKS.md)."""
-    numel = int(np.prod(shape))
     if get_worker_info() is None:
         tensor = torch.zeros(shape, dtype=dtype)
     else:
-        storage = torch.UntypedStorage._new_shared(numel * dtype.itemsize)
+        storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
         tensor = torch.empty(0, dtype=dtype).set_(storage, 0, shape).zero_()
     return tensor, tensor.numpy()
 

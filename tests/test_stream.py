@@ -102,11 +102,12 @@ def test_workers_hand_batches_over_by_name_and_leave_the_main_process_strategy(d
     main process keeps its own strategy, and the batches are the same as in-process ones."""
     from dmn_data import stream
 
+    real = stream._share_by_name
+
     def share(worker_id):  # runs in each (forked) worker: record what it set
-        stream.__dict__["_real_share"](worker_id)
+        real(worker_id)
         (tmp_path / f"worker{worker_id}").write_text(torch.multiprocessing.get_sharing_strategy())
 
-    monkeypatch.setitem(stream.__dict__, "_real_share", stream._share_by_name)
     monkeypatch.setattr(stream, "_share_by_name", share)
     before = torch.multiprocessing.get_sharing_strategy()
     here = list(make_loader(ddir, "val", size=SIZE, batch_size=3, train=False, workers=0))
