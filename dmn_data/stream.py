@@ -9,7 +9,8 @@ Batch contract (``B`` examples, ``S`` = ``size``, ``T`` = the longest sentence i
 
 =================  =====================  =====================================================
 ``image``          ``(B, 3, S, S) uint8``  RGB, longest side resized to ``S`` (bilinear), padded
-                                          bottom/right with zeros
+                                          bottom/right with zeros; channels_last in memory
+                                          (``(B, S, S, 3)`` underneath, what the network takes)
 ``valid``          ``(B, S, S) bool``      True inside the resized image (top-left ``h' × w'``)
 ``mask``           ``(B, S, S) uint8``     the ref's mask (0/1) resized like the image (nearest),
                                           0 in the padding

@@ -198,20 +198,23 @@ def collate(examples: list[Example], size: int) -> dict:
     contract in :mod:`dmn_data.stream`."""
     b = len(examples)
     longest = max(len(e.ids) for e in examples)
-    image_t, image = _zeros((b, 3, size, size), torch.uint8)
+    # The image is stored channels-last (B, S, S, 3) and handed over as its (B, 3, S, S) view:
+    # each example's rows are copied as they are, without de-interleaving the channels, and the
+    # network takes channels_last anyway (dmn_train.train).
+    image_t, image = _zeros((b, size, size, 3), torch.uint8)
     mask_t, mask = _zeros((b, size, size), torch.uint8)
     valid_t, valid = _zeros((b, size, size), torch.bool)
     tokens = np.full((b, longest), PAD_ID, dtype=np.int64)
     resized = np.zeros((b, 2), dtype=np.int64)
     for i, e in enumerate(examples):
         h, w = e.mask.shape
-        image[i, :, :h, :w] = e.image.transpose(2, 0, 1)
+        image[i, :h, :w] = e.image
         mask[i, :h, :w] = e.mask
         valid[i, :h, :w] = True
         tokens[i, :len(e.ids)] = e.ids
         resized[i] = (h, w)
     return {
-        "image": image_t,
+        "image": image_t.permute(0, 3, 1, 2),
         "valid": valid_t,
         "mask": mask_t,
         "tokens": torch.from_numpy(tokens),

@@ -73,7 +73,7 @@ def test_eval_dtypes_shapes_and_partial_last_batch(ddir):
     assert isinstance(b["sentence"], list) and isinstance(b["mask_rle"], list) and len(b["mask_rle"]) == 4
 
 
-def test_worker_batches_equal_in_process_ones_and_arrive_in_shared_memory(ddir):
+def test_worker_batches_equal_in_process_ones_and_arrive_channels_last_in_shared_memory(ddir):
     """A worker collates straight into shared memory (no copy on the way to the main process);
     the padding must still be zeros and every pixel the same as without workers."""
     def batches(workers):
@@ -84,6 +84,9 @@ def test_worker_batches_equal_in_process_ones_and_arrive_in_shared_memory(ddir):
     for a, b in zip(here, there):
         for key in ("image", "mask", "valid"):
             assert torch.equal(a[key], b[key]), key
+        # images stay channels_last in memory across the hand-over (what the network takes)
+        assert a["image"].is_contiguous(memory_format=torch.channels_last)
+        assert b["image"].is_contiguous(memory_format=torch.channels_last)
 
     class Collated(torch.utils.data.IterableDataset):  # reports from inside the worker
         def __iter__(self):
