@@ -104,8 +104,11 @@ def test_bench_predict_quick(tmp_path):
     r = _run([sys.executable, REPO / "pipelines/bench_predict.py", "--quick", "--threads", "1"],
              tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    row = [ln for ln in r.stdout.splitlines() if ln.startswith("| tiny")]
-    assert len(row) == 1 and len(row[0].split("|")) == 11
+    timed, counted = [ln for ln in r.stdout.splitlines() if ln.startswith("| tiny")]
+    assert len(timed.split("|")) == 11
+    # the arithmetic table: backbone < 1 phrase < 8 phrases, and the ratio is their quotient
+    backbone, one, eight, _, ratio = (float(x) for x in counted.split("|")[3:8])
+    assert 0 < backbone < one < eight and abs(ratio / (eight / one) - 1) < 0.05
 
 
 def test_paper_recipe_checks_backbone_weights_first(tmp_path):
