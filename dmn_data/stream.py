@@ -58,6 +58,8 @@ images, so a batch rarely holds two sentences of one image. Memory per worker: t
 (~40 MB of COCO JPEGs), plus at most ``E`` decoded examples, which share their image's array and
 their ref's mask (at most ``E`` × (3 + 1) × ``size``² bytes: ~100 MB at 320 px, usually far less),
 plus a few batches. ``pipelines/bench_stream.py`` measures the speed, the RSS and the mixing.
+Against the earlier per-sentence stream (one shuffle of encoded sentences, a decode per sentence),
+toy runs of the ``tiny`` preset end at the same held-out score (BENCHMARKS.md, "The toy run").
 """
 
 from __future__ import annotations
