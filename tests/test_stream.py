@@ -11,7 +11,7 @@ from PIL import Image
 from dmn_data.errors import DataError
 from dmn_data.masks import decode_rle
 from dmn_data.stream import make_loader
-from dmn_data.transforms import Example, Mirror, collate, resized_shape
+from dmn_data.transforms import SMALL_KEYS, Example, Mirror, collate, resized_shape
 from shardgen import VOCAB_TOKENS, read_expected, write_dataset
 
 SIZE = 32
@@ -87,17 +87,29 @@ def test_worker_batches_equal_in_process_ones_and_arrive_channels_last_in_shared
         # images stay channels_last in memory across the hand-over (what the network takes)
         assert a["image"].is_contiguous(memory_format=torch.channels_last)
         assert b["image"].is_contiguous(memory_format=torch.channels_last)
+        for batch in (a, b):  # the maps arrive in one storage; ids and sizes own their memory
+            storage = lambda k: batch[k].untyped_storage().data_ptr()  # noqa: E731
+            assert storage("image") == storage("mask") == storage("valid"), "one storage"
+            assert all(storage(k) != storage("image") for k in SMALL_KEYS)
+            assert len({storage(k) for k in SMALL_KEYS}) == len(SMALL_KEYS)
 
     class Collated(torch.utils.data.IterableDataset):  # reports from inside the worker
         def __iter__(self):
             ex = Example(image=np.full((4, 6, 3), 9, np.uint8), mask=np.ones((4, 6), np.uint8), ids=[3],
                          orig_size=(4, 6), image_id=1, ref_id=1, sent_id=1, sentence="x", mask_rle={})
             batch = collate([ex, ex], size=8)
-            yield {k: (batch[k].is_shared(), int(batch[k].sum())) for k in ("image", "mask", "valid")}
+            out = {k: (batch[k].is_shared(), int(batch[k].sum())) for k in ("image", "mask", "valid")}
+            keys = ("image", "mask", "valid", *SMALL_KEYS)
+            out["storages"] = len({batch[k].untyped_storage().data_ptr() for k in keys})
+            out["small"] = {k: batch[k].tolist() for k in ("tokens", "lengths", "resized_size", "sent_id")}
+            yield out
 
     for workers, shared in ((0, False), (1, True)):
         got = next(iter(torch.utils.data.DataLoader(Collated(), batch_size=None, num_workers=workers)))
-        assert got == {"image": [shared, 2 * 4 * 6 * 3 * 9], "mask": [shared, 48], "valid": [shared, 48]}
+        assert got == {"image": [shared, 2 * 4 * 6 * 3 * 9], "mask": [shared, 48], "valid": [shared, 48],
+                       "storages": 1,  # one batch, one storage (one shared-memory file in a worker)
+                       "small": {"tokens": [[3], [3]], "lengths": [1, 1], "resized_size": [[4, 6], [4, 6]],
+                                 "sent_id": [1, 1]}}
 
 
 def test_workers_hand_batches_over_by_name_and_leave_the_main_process_strategy(ddir, tmp_path, monkeypatch):
