@@ -89,7 +89,7 @@ from .manifest import check_manifest, read_manifest
 from .safety import inside
 from .tarsamples import iter_samples
 from .tokens import valid_token_ids
-from .transforms import SMALL_KEYS, Mirror, collate, make_examples
+from .transforms import Mirror, collate, make_examples
 
 
 #: how many times a remote shard that failed while being read is read again before the run stops
@@ -421,14 +421,10 @@ class Loader:
             batches = iter(DataLoader(self._pipeline, batch_size=None, num_workers=self.workers,
                                       collate_fn=_identity, pin_memory=self.pin_memory,
                                       worker_init_fn=_share_by_name))
-        pinned = self.pin_memory and self.workers > 0
         try:
             for n, batch in enumerate(batches, 1):
                 if isinstance(batch, _Failure):
                     raise DataError(batch.message)
-                if not pinned:  # pinning copied every tensor already
-                    for key in SMALL_KEYS:  # ids and sizes get their own memory (transforms._arena)
-                        batch[key] = batch[key].clone()
                 yield batch
                 if self.train and n == self.num_batches:
                     break

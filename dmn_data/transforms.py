@@ -180,36 +180,27 @@ def make_examples(item: dict, size: int, mirror: Mirror | None, rng: random.Rand
                               mask_rle=ref["mask"], **common)
 
 
-#: batch keys that ``collate`` places in the batch's one storage besides the image, mask and valid
-#: maps; the main process gives them their own memory (``stream.Loader``) so that keeping one of
-#: them does not keep the whole batch alive
-SMALL_KEYS = ("tokens", "lengths", "orig_size", "resized_size", "image_id", "ref_id", "sent_id")
-
-
-def _arena(parts: list[tuple[tuple[int, ...], torch.dtype]]) -> list[tuple[torch.Tensor, np.ndarray]]:
-    """Zero tensors of the given shapes and dtypes, each with a numpy view, all in **one** storage.
+def _arena(parts: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> dict[str, torch.Tensor]:
+    """Zero tensors of the given shapes and dtypes, all in **one** storage.
 
     In a DataLoader worker the storage is shared memory, as torch's own ``default_collate`` does,
     so sending a batch to the main process passes one handle instead of copying each tensor into
-    shared memory first. One storage per batch rather than one per tensor matters: each shared
+    shared memory first. Few storages per batch rather than one per tensor matters: each shared
     storage costs a file, a mapping and messages to torch's shm manager (~0.2–1 ms, BENCHMARKS.md,
     "Training stream"). Fresh shared memory is zero-filled (a new file extended by ``ftruncate``),
     so only the in-process storage is zeroed explicitly.
     """
-    offsets, total = [], 0
-    for shape, dtype in parts:
+    offsets, total = {}, 0
+    for name, (shape, dtype) in parts.items():
         total = -(-total // 8) * 8  # every part starts 8-byte aligned (int64 views)
-        offsets.append(total)
+        offsets[name] = total
         total += math.prod(shape) * dtype.itemsize
     if get_worker_info() is None:
         storage = torch.zeros(total, dtype=torch.uint8).untyped_storage()
     else:
         storage = torch.UntypedStorage._new_shared(total)
-    out = []
-    for (shape, dtype), offset in zip(parts, offsets):
-        tensor = torch.empty(0, dtype=dtype).set_(storage, offset // dtype.itemsize, shape)
-        out.append((tensor, tensor.numpy()))
-    return out
+    return {name: torch.empty(0, dtype=dtype).set_(storage, offsets[name] // dtype.itemsize, shape)
+            for name, (shape, dtype) in parts.items()}
 
 
 def collate(examples: list[Example], size: int) -> dict:
@@ -217,16 +208,18 @@ def collate(examples: list[Example], size: int) -> dict:
     contract in :mod:`dmn_data.stream`."""
     b = len(examples)
     longest = max(len(e.ids) for e in examples)
-    # The image is stored channels-last (B, S, S, 3) and handed over as its (B, 3, S, S) view:
-    # each example's rows are copied as they are, without de-interleaving the channels, and the
-    # network takes channels_last anyway (dmn_train.train).
-    i64 = torch.int64
-    (image_t, image), (mask_t, mask), (valid_t, valid), *small = _arena(
-        [((b, size, size, 3), torch.uint8), ((b, size, size), torch.uint8), ((b, size, size), torch.bool),
-         ((b, longest), i64), ((b,), i64), ((b, 2), i64), ((b, 2), i64), ((b,), i64), ((b,), i64),
-         ((b,), i64)])
-    (tokens_t, tokens), (lengths_t, lengths), (orig_t, orig), (resized_t, resized), \
-        (image_id_t, image_id), (ref_id_t, ref_id), (sent_id_t, sent_id) = small
+    # Two storages: the maps, and the small ids/sizes, so that keeping a batch's ids does not keep
+    # its maps alive. The image is stored channels-last (B, S, S, 3) and handed over as its
+    # (B, 3, S, S) view: each example's rows are copied as they are, without de-interleaving the
+    # channels, and the network takes channels_last anyway (dmn_train.train).
+    maps = _arena({"image": ((b, size, size, 3), torch.uint8), "mask": ((b, size, size), torch.uint8),
+                   "valid": ((b, size, size), torch.bool)})
+    small = _arena({"tokens": ((b, longest), torch.int64), "lengths": ((b,), torch.int64),
+                    "orig_size": ((b, 2), torch.int64), "resized_size": ((b, 2), torch.int64),
+                    "image_id": ((b,), torch.int64), "ref_id": ((b,), torch.int64),
+                    "sent_id": ((b,), torch.int64)})
+    image, mask, valid = (maps[k].numpy() for k in ("image", "mask", "valid"))
+    tokens = small["tokens"].numpy()
     if PAD_ID:
         tokens.fill(PAD_ID)
     for i, e in enumerate(examples):
@@ -235,21 +228,16 @@ def collate(examples: list[Example], size: int) -> dict:
         mask[i, :h, :w] = e.mask
         valid[i, :h, :w] = True
         tokens[i, :len(e.ids)] = e.ids
-        lengths[i] = len(e.ids)
-        orig[i] = e.orig_size
-        resized[i] = (h, w)
-        image_id[i], ref_id[i], sent_id[i] = e.image_id, e.ref_id, e.sent_id
+    small["lengths"][:] = torch.tensor([len(e.ids) for e in examples])
+    small["orig_size"][:] = torch.tensor([e.orig_size for e in examples])
+    small["resized_size"][:] = torch.tensor([e.mask.shape for e in examples])
+    for key in ("image_id", "ref_id", "sent_id"):
+        small[key][:] = torch.tensor([getattr(e, key) for e in examples])
     return {
-        "image": image_t.permute(0, 3, 1, 2),
-        "valid": valid_t,
-        "mask": mask_t,
-        "tokens": tokens_t,
-        "lengths": lengths_t,
-        "orig_size": orig_t,
-        "resized_size": resized_t,
-        "image_id": image_id_t,
-        "ref_id": ref_id_t,
-        "sent_id": sent_id_t,
+        "image": maps["image"].permute(0, 3, 1, 2),
+        "valid": maps["valid"],
+        "mask": maps["mask"],
+        **small,
         "sentence": [e.sentence for e in examples],
         "mask_rle": [e.mask_rle for e in examples],
     }

@@ -11,7 +11,7 @@ from PIL import Image
 from dmn_data.errors import DataError
 from dmn_data.masks import decode_rle
 from dmn_data.stream import make_loader
-from dmn_data.transforms import SMALL_KEYS, Example, Mirror, collate, resized_shape
+from dmn_data.transforms import Example, Mirror, collate, resized_shape
 from shardgen import VOCAB_TOKENS, read_expected, write_dataset
 
 SIZE = 32
@@ -73,6 +73,9 @@ def test_eval_dtypes_shapes_and_partial_last_batch(ddir):
     assert isinstance(b["sentence"], list) and isinstance(b["mask_rle"], list) and len(b["mask_rle"]) == 4
 
 
+SMALL_KEYS = ("tokens", "lengths", "orig_size", "resized_size", "image_id", "ref_id", "sent_id")
+
+
 def test_worker_batches_equal_in_process_ones_and_arrive_channels_last_in_shared_memory(ddir):
     """A worker collates straight into shared memory (no copy on the way to the main process);
     the padding must still be zeros and every pixel the same as without workers."""
@@ -87,11 +90,12 @@ def test_worker_batches_equal_in_process_ones_and_arrive_channels_last_in_shared
         # images stay channels_last in memory across the hand-over (what the network takes)
         assert a["image"].is_contiguous(memory_format=torch.channels_last)
         assert b["image"].is_contiguous(memory_format=torch.channels_last)
-        for batch in (a, b):  # the maps arrive in one storage; ids and sizes own their memory
-            storage = lambda k: batch[k].untyped_storage().data_ptr()  # noqa: E731
-            assert storage("image") == storage("mask") == storage("valid"), "one storage"
-            assert all(storage(k) != storage("image") for k in SMALL_KEYS)
-            assert len({storage(k) for k in SMALL_KEYS}) == len(SMALL_KEYS)
+        for batch in (a, b):  # the maps arrive in one storage, ids and sizes in another, small one
+            storage = lambda k: batch[k].untyped_storage()  # noqa: E731
+            assert storage("image").data_ptr() == storage("mask").data_ptr() == storage("valid").data_ptr()
+            assert all(storage(k).data_ptr() != storage("image").data_ptr() for k in SMALL_KEYS)
+            assert len({storage(k).data_ptr() for k in SMALL_KEYS}) == 1
+            assert storage("sent_id").nbytes() == sum(batch[k].numel() * 8 for k in SMALL_KEYS)  # no more
 
     class Collated(torch.utils.data.IterableDataset):  # reports from inside the worker
         def __iter__(self):
@@ -107,7 +111,7 @@ def test_worker_batches_equal_in_process_ones_and_arrive_channels_last_in_shared
     for workers, shared in ((0, False), (1, True)):
         got = next(iter(torch.utils.data.DataLoader(Collated(), batch_size=None, num_workers=workers)))
         assert got == {"image": [shared, 2 * 4 * 6 * 3 * 9], "mask": [shared, 48], "valid": [shared, 48],
-                       "storages": 1,  # one batch, one storage (one shared-memory file in a worker)
+                       "storages": 2,  # maps and ids: two shared-memory files per batch in a worker
                        "small": {"tokens": [[3], [3]], "lengths": [1, 1], "resized_size": [[4, 6], [4, 6]],
                                  "sent_id": [1, 1]}}
 
